@@ -1,0 +1,1 @@
+"""Generated stubs; see `phoenixcp.api`."""

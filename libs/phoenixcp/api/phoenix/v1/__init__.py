@@ -1,0 +1,1 @@
+"""Generated stubs of package `phoenix.v1`; regenerate with `make protos`."""

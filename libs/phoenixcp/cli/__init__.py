@@ -1,0 +1,1 @@
+"""``phoenixctl``: run a service, start the local stack, and ask it how it is."""

@@ -1,0 +1,5 @@
+"""``python -m phoenixcp.cli`` is ``phoenixctl``."""
+
+from phoenixcp.cli.main import main
+
+main()

@@ -1,0 +1,244 @@
+"""The local Phoenix stack ``phoenixctl up`` starts: NATS, etcd, the local CA and five services.
+
+Everything runs on free loopback ports from the installed wheels. The stack's state dir holds
+the CA (``ca/``), the operator's client certificate (``tls/``), each replica's generated config
+(``config/``), logs (``logs/``), the NATS and etcd data, and ``endpoints.json``, whose shape is
+part of Phoenix's contract (README, "endpoints.json")::
+
+    {"services": {"<service-name>": [{"grpc": "127.0.0.1:PORT",
+                                      "metrics": "http://127.0.0.1:PORT/metrics",
+                                      "pid": N, "replica": "...", "log": PATH}, ...]},
+     "nats": "nats://...", "etcd": "http://...",
+     "tls": {"ca": PATH, "cert": PATH, "key": PATH},
+     "state_dir": PATH, "pid": N, "pids": {"nats": N, "etcd": N}}
+
+A :class:`LocalStack` is driven from the main thread (its children are tied to that thread's
+life, so they die with it); ``stop`` is idempotent and stops services first, then etcd and NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from phoenixcp.core.identity import OPERATOR, SERVICES, ServiceIdentity
+from phoenixcp.errors import StartupError
+from phoenixcp.platform.embedded import EmbeddedEtcd, EmbeddedNats, die_with_parent_hook
+from phoenixcp.platform.rpc import health_status
+from phoenixcp.platform.tls import CertBundle, LocalCA
+
+__all__ = ["ENDPOINTS_FILE", "LocalStack", "ServiceProcess", "read_endpoints"]
+
+ENDPOINTS_FILE = "endpoints.json"
+_OPERATOR_CERT_TTL = dt.timedelta(days=30)
+
+
+def read_endpoints(state_dir: Path) -> dict[str, Any]:
+    """The stack's endpoints.json; raises FileNotFoundError when no stack runs from state_dir."""
+    return dict(json.loads((state_dir / ENDPOINTS_FILE).read_text(encoding="utf-8")))
+
+
+def operator_bundle(endpoints: dict[str, Any]) -> CertBundle:
+    """The operator's client certificate named in endpoints.json."""
+    tls = endpoints["tls"]
+    return CertBundle(
+        ca_pem=Path(tls["ca"]).read_bytes(),
+        cert_pem=Path(tls["cert"]).read_bytes(),
+        key_pem=Path(tls["key"]).read_bytes(),
+    )
+
+
+@dataclass
+class ServiceProcess:
+    """One service replica started as ``python -m <package> --config FILE``."""
+
+    identity: ServiceIdentity
+    index: int
+    state_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    announced: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def replica(self) -> str:
+        return f"{self.identity.name}-{self.index}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "config" / f"{self.replica}.yaml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "logs" / f"{self.replica}.log"
+
+    @property
+    def announce_path(self) -> Path:
+        return self.state_dir / "run" / f"{self.replica}.json"
+
+    def write_config(self, *, nats_url: str, etcd_endpoint: str) -> None:
+        config = {
+            "service": self.identity.name,
+            "replica": self.replica,
+            "state_dir": str(self.state_dir),
+            "announce_file": str(self.announce_path),
+            "grpc": {"listen": "127.0.0.1:0"},
+            "metrics": {"listen": "127.0.0.1:0"},
+            "tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")},
+            "nats": {"url": nats_url},
+            "etcd": {"endpoints": [etcd_endpoint]},
+        }
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    def start(self, *, python: str) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.announce_path.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [python, "-m", self.identity.package, "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent_hook(),
+            )
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def read_announcement(self) -> dict[str, Any] | None:
+        try:
+            self.announced = json.loads(self.announce_path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return self.announced
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def terminate(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(deadline - time.monotonic(), 0.05))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class LocalStack:
+    """NATS, etcd, the local CA and ``replicas`` of each service, under ``state_dir``."""
+
+    def __init__(self, *, state_dir: Path, replicas: int = 1, python: str | None = None,
+                 stop_grace: float = 15.0) -> None:
+        self.state_dir = state_dir.resolve()
+        self.replicas = replicas
+        self._python = python or sys.executable
+        self._stop_grace = stop_grace
+        self.nats = EmbeddedNats(data_dir=self.state_dir / "nats")
+        self.etcd = EmbeddedEtcd(data_dir=self.state_dir / "etcd")
+        self.processes = [
+            ServiceProcess(identity, i, self.state_dir)
+            for identity in SERVICES for i in range(replicas)
+        ]
+        self._operator: CertBundle | None = None
+        self._tls_paths: tuple[Path, Path, Path] | None = None
+        self._stopped = False
+
+    def prepare(self) -> None:
+        """Create the CA and the operator's certificate; start NATS and etcd."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ca = LocalCA.open(self.state_dir / "ca")
+        self._operator = ca.issue(OPERATOR, ttl=_OPERATOR_CERT_TTL)
+        self._tls_paths = self._operator.write(self.state_dir / "tls", OPERATOR)
+        self.nats.start()
+        self.etcd.start()
+
+    async def start(self, timeout: float = 20.0) -> None:
+        """Start everything and wait until every replica reports SERVING, or raise StartupError."""
+        self.prepare()
+        for proc in self.processes:
+            proc.write_config(nats_url=self.nats.url, etcd_endpoint=self.etcd.endpoint)
+            proc.start(python=self._python)
+        deadline = time.monotonic() + timeout
+        await asyncio.gather(*(self._wait_serving(p, deadline) for p in self.processes))
+        self._write_endpoints()
+
+    async def _wait_serving(self, proc: ServiceProcess, deadline: float) -> None:
+        assert self._operator is not None
+        while time.monotonic() < deadline:
+            code = proc.exit_code()
+            if code is not None:
+                raise StartupError(
+                    f"{proc.replica} exited with code {code} during start-up; "
+                    f"its log is {proc.log_path}", name=proc.replica, log_tail=proc.log_tail())
+            record = proc.read_announcement()
+            if record and await health_status(record["grpc"], self._operator) == "SERVING":
+                return
+            await asyncio.sleep(0.1)
+        raise StartupError(f"{proc.replica} did not report SERVING in time; its log is "
+                           f"{proc.log_path}", name=proc.replica, log_tail=proc.log_tail())
+
+    def endpoints(self) -> dict[str, Any]:
+        assert self._tls_paths is not None
+        ca, cert, key = self._tls_paths
+        services: dict[str, list[dict[str, Any]]] = {s.name: [] for s in SERVICES}
+        for proc in self.processes:
+            services[proc.identity.name].append({
+                "grpc": proc.announced.get("grpc"),
+                "metrics": proc.announced.get("metrics"),
+                "pid": proc.pid,
+                "replica": proc.replica,
+                "log": str(proc.log_path),
+            })
+        return {
+            "services": services,
+            "nats": self.nats.url,
+            "etcd": self.etcd.url,
+            "tls": {"ca": str(ca), "cert": str(cert), "key": str(key)},
+            "state_dir": str(self.state_dir),
+            "pid": os.getpid(),
+            "pids": {"nats": self.nats.pid, "etcd": self.etcd.pid},
+        }
+
+    def _write_endpoints(self) -> None:
+        path = self.state_dir / ENDPOINTS_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.endpoints(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    def exited(self) -> list[ServiceProcess]:
+        """Replicas that are no longer running."""
+        return [p for p in self.processes if p.exit_code() is not None]
+
+    def stop(self) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after the grace), then etcd and NATS."""
+        if self._stopped:
+            return
+        self._stopped = True
+        (self.state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        for proc in self.processes:
+            proc.terminate()
+        deadline = time.monotonic() + self._stop_grace
+        for proc in self.processes:
+            proc.wait_or_kill(deadline)
+        self.etcd.stop()
+        self.nats.stop()

@@ -1,0 +1,59 @@
+"""The Prometheus ``/metrics`` endpoint every service serves, with ``/healthz`` and ``/readyz``.
+
+Each service process has its own :class:`prometheus_client.CollectorRegistry`, so tests that
+start several services in one process do not share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+__all__ = ["MetricsServer"]
+
+
+class MetricsServer:
+    """Serves ``registry`` over HTTP. ``run`` binds; ``shutdown`` is idempotent."""
+
+    def __init__(
+        self, *, registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]
+    ) -> None:
+        self._registry = registry
+        self._host, self._port = host, port
+        self._ready = ready
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    async def start(self) -> int:
+        """Bind and serve in the background; return the bound port."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        return self.bound_port
+
+    async def shutdown(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if self._ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: waiting for dependencies\n")

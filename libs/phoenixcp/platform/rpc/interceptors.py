@@ -1,0 +1,171 @@
+"""Server interceptors every Phoenix service installs: error mapping and request metrics.
+
+One interceptor wraps each RPC's behaviour (unary or streaming, sync or async) so that:
+
+* a :class:`~phoenixcp.errors.PhoenixError` becomes its status code with its message;
+* ``NotImplementedError`` (what the generated base servicers raise) becomes UNIMPLEMENTED
+  with a message naming the method;
+* any other exception becomes INTERNAL with an error id that is also in the service log;
+* every call is counted and timed in Prometheus, labelled by service, method and code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from phoenixcp.errors import PhoenixError
+from phoenixcp.platform.rpc.errors import (
+    ERROR_DETAIL_KEY,
+    error_detail,
+    status_for,
+    unimplemented_detail,
+)
+
+__all__ = ["RpcMetrics", "StatusInterceptor"]
+
+log = logging.getLogger(__name__)
+
+
+class RpcMetrics:
+    """Request counters and latency histogram, named as go-grpc-prometheus names them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.started = Counter(
+            "phoenix_grpc_server_started_total", "RPCs started on the server.",
+            ["grpc_service", "grpc_method"], registry=registry,
+        )
+        self.handled = Counter(
+            "phoenix_grpc_server_handled_total", "RPCs completed, by status code.",
+            ["grpc_service", "grpc_method", "grpc_code"], registry=registry,
+        )
+        self.seconds = Histogram(
+            "phoenix_grpc_server_handling_seconds", "Time from RPC start to its status.",
+            ["grpc_service", "grpc_method"], registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+class _Call:
+    """Bookkeeping for one RPC: turns its outcome into a status and records the metrics."""
+
+    def __init__(self, method: str, metrics: RpcMetrics) -> None:
+        self.method = method
+        service, _, name = method.lstrip("/").partition("/")
+        self._labels = (service, name)
+        self._metrics = metrics
+        self._start = time.perf_counter()
+        metrics.started.labels(*self._labels).inc()
+
+    async def fail(
+        self, exc: BaseException, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Abort the RPC with the status ``exc`` stands for (``context.abort`` raises)."""
+        trailers: tuple[tuple[str, bytes], ...] = ()
+        if isinstance(exc, PhoenixError):
+            code, message = status_for(exc)
+            trailers = ((ERROR_DETAIL_KEY, error_detail(exc).SerializeToString()),)
+        elif isinstance(exc, NotImplementedError):
+            code = grpc.StatusCode.UNIMPLEMENTED
+            message = f"{self.method} is not implemented in this version of Phoenix"
+            trailers = ((ERROR_DETAIL_KEY, unimplemented_detail(message).SerializeToString()),)
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            log.error(
+                "unhandled error in %s", self.method, exc_info=exc,
+                extra={"fields": {"error_id": error_id, "method": self.method}},
+            )
+            code = grpc.StatusCode.INTERNAL
+            message = (f"internal error in {self.method} (error id {error_id}); "
+                       "the service log has the details under this id")
+        await context.abort(code, message, trailing_metadata=trailers)
+
+    def done(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self._metrics.handled.labels(*self._labels, name).inc()
+        self._metrics.seconds.labels(*self._labels).observe(time.perf_counter() - self._start)
+
+
+async def _resolve(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _iterate(result: Any) -> AsyncIterator[Any]:
+    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        result = await _resolve(result)
+        if result is not None:
+            for item in result:
+                yield item
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions to statuses and records request metrics for every RPC."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method, metrics = details.method, self._metrics
+        behavior: Any
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+
+        if handler.unary_unary or handler.stream_unary:
+            behavior = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                call = _Call(method, metrics)
+                try:
+                    return await _resolve(behavior(request, context))
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await call.fail(exc, context)
+                finally:
+                    call.done(context)
+
+            make: Any = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+                         else grpc.stream_unary_rpc_method_handler)
+            return make(unary, **codec)  # type: ignore[no-any-return]
+
+        behavior = handler.unary_stream or handler.stream_stream
+
+        async def streaming(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            call = _Call(method, metrics)
+            try:
+                async for item in _iterate(behavior(request, context)):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await call.fail(exc, context)
+            finally:
+                call.done(context)
+
+        make_stream: Any = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                            else grpc.stream_stream_rpc_method_handler)
+        return make_stream(streaming, **codec)  # type: ignore[no-any-return]

