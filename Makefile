@@ -41,7 +41,7 @@ check-protos: install-dev
 	PYTHON=$(PY) BUF=$(VENV)/bin/buf bash scripts/check_protos.sh
 
 lint: install-dev
-	$(VENV)/bin/ruff check libs services tests scripts bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy libs/phoenixcp services
 
 pytest: install-dev

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from phoenixcp.api.phoenix.v1 import chaos_pb2_grpc
-
 from chaos_engineer.servicer import ChaosEngineerServicer
+from phoenixcp.api.phoenix.v1 import chaos_pb2_grpc
 from phoenixcp.platform.config import ServiceConfig
 from phoenixcp.platform.rpc import ServicerBinding
 from phoenixcp.platform.service import ServiceApp
