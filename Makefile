@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up test install install-dev protos check-protos lint typecheck pytest clean help
+.PHONY: up status test install install-dev protos check-protos lint typecheck pytest clean help
 
 help:
 	@echo "make up      start Phoenix locally (NATS, etcd, a local CA, all five services)"
+	@echo "make status  show each replica of the running stack (STATUS_ARGS='-o json')"
 	@echo "make test    run the whole test suite (installs what it needs)"
 	@echo "make protos  regenerate the Python stubs from protos/"
 	@echo "make lint    ruff and mypy"
@@ -33,6 +34,9 @@ install-dev: $(VENV)/.installed-dev
 
 up: install
 	$(VENV)/bin/phoenixctl up $(UP_ARGS)
+
+status: install
+	$(VENV)/bin/phoenixctl status $(STATUS_ARGS)
 
 protos: install-dev
 	$(PY) scripts/gen_protos.py

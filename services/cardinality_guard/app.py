@@ -13,13 +13,9 @@ __all__ = ["build"]
 
 def build(config: ServiceConfig) -> ServiceApp:
     """The cardinality-guard process for ``config``; nothing connects until ``run``."""
-    return ServiceApp(
-        config=config,
-        bindings=[
-            ServicerBinding(
-                service_name="phoenix.v1.CardinalityGuardService",
-                add_to_server=cardinality_pb2_grpc.add_CardinalityGuardServiceServicer_to_server,
-                servicer=CardinalityGuardServicer(),
-            )
-        ],
+    binding = ServicerBinding(
+        "phoenix.v1.CardinalityGuardService",
+        cardinality_pb2_grpc.add_CardinalityGuardServiceServicer_to_server,
+        CardinalityGuardServicer(),
     )
+    return ServiceApp(config=config, bindings=[binding])

@@ -13,13 +13,9 @@ __all__ = ["build"]
 
 def build(config: ServiceConfig) -> ServiceApp:
     """The chaos-engineer process for ``config``; nothing connects until ``run``."""
-    return ServiceApp(
-        config=config,
-        bindings=[
-            ServicerBinding(
-                service_name="phoenix.v1.ChaosEngineerService",
-                add_to_server=chaos_pb2_grpc.add_ChaosEngineerServiceServicer_to_server,
-                servicer=ChaosEngineerServicer(),
-            )
-        ],
+    binding = ServicerBinding(
+        "phoenix.v1.ChaosEngineerService",
+        chaos_pb2_grpc.add_ChaosEngineerServiceServicer_to_server,
+        ChaosEngineerServicer(),
     )
+    return ServiceApp(config=config, bindings=[binding])

@@ -13,13 +13,9 @@ __all__ = ["build"]
 
 def build(config: ServiceConfig) -> ServiceApp:
     """The cost-optimizer process for ``config``; nothing connects until ``run``."""
-    return ServiceApp(
-        config=config,
-        bindings=[
-            ServicerBinding(
-                service_name="phoenix.v1.CostOptimizerService",
-                add_to_server=cost_pb2_grpc.add_CostOptimizerServiceServicer_to_server,
-                servicer=CostOptimizerServicer(),
-            )
-        ],
+    binding = ServicerBinding(
+        "phoenix.v1.CostOptimizerService",
+        cost_pb2_grpc.add_CostOptimizerServiceServicer_to_server,
+        CostOptimizerServicer(),
     )
+    return ServiceApp(config=config, bindings=[binding])

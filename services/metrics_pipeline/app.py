@@ -13,13 +13,9 @@ __all__ = ["build"]
 
 def build(config: ServiceConfig) -> ServiceApp:
     """The metrics-pipeline process for ``config``; nothing connects until ``run``."""
-    return ServiceApp(
-        config=config,
-        bindings=[
-            ServicerBinding(
-                service_name="phoenix.v1.PipelineService",
-                add_to_server=pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
-                servicer=PipelineServicer(),
-            )
-        ],
+    binding = ServicerBinding(
+        "phoenix.v1.PipelineService",
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
+        PipelineServicer(),
     )
+    return ServiceApp(config=config, bindings=[binding])

@@ -13,13 +13,9 @@ __all__ = ["build"]
 
 def build(config: ServiceConfig) -> ServiceApp:
     """The performance-monitor process for ``config``; nothing connects until ``run``."""
-    return ServiceApp(
-        config=config,
-        bindings=[
-            ServicerBinding(
-                service_name="phoenix.v1.PerformanceMonitorService",
-                add_to_server=performance_pb2_grpc.add_PerformanceMonitorServiceServicer_to_server,
-                servicer=PerformanceMonitorServicer(),
-            )
-        ],
+    binding = ServicerBinding(
+        "phoenix.v1.PerformanceMonitorService",
+        performance_pb2_grpc.add_PerformanceMonitorServiceServicer_to_server,
+        PerformanceMonitorServicer(),
     )
+    return ServiceApp(config=config, bindings=[binding])

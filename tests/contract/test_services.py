@@ -72,6 +72,21 @@ def test_health_is_serving_per_service_name(
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def call_empty(ch: grpc.Channel, service: ServiceIdentity, method: MethodDescriptor) -> None:
+    """Call ``method`` with an empty request (and read the whole stream, if it streams)."""
+    request_type = message_factory.GetMessageClass(method.input_type)
+    response_type = message_factory.GetMessageClass(method.output_type)
+    kind = ("stream" if method.client_streaming else "unary") + "_" + (
+        "stream" if method.server_streaming else "unary")
+    call = getattr(ch, kind)(f"/{service.grpc_service}/{method.name}",
+                             request_serializer=request_type.SerializeToString,
+                             response_deserializer=response_type.FromString)
+    request: Any = iter([request_type()]) if method.client_streaming else request_type()
+    result = call(request, timeout=5)
+    if method.server_streaming:
+        list(result)
+
+
 @pytest.mark.parametrize("service", SERVICES, ids=IDS)
 def test_every_rpc_answers(
     service: ServiceIdentity, endpoints: dict[str, Any], operator: CertBundle
@@ -80,20 +95,9 @@ def test_every_rpc_answers(
     assert methods(service), f"{service.grpc_service} has no RPCs"
     with channel(address(endpoints, service), operator) as ch:
         for method in methods(service):
-            request_type = message_factory.GetMessageClass(method.input_type)
-            response_type = message_factory.GetMessageClass(method.output_type)
             path = f"/{service.grpc_service}/{method.name}"
-            kind = ("stream" if method.client_streaming else "unary") + "_" + (
-                "stream" if method.server_streaming else "unary")
-            call = getattr(ch, kind)(path, request_serializer=request_type.SerializeToString,
-                                     response_deserializer=response_type.FromString)
-            request: Any = request_type()
-            if method.client_streaming:
-                request = iter([request])
             with pytest.raises(grpc.RpcError) as info:
-                result = call(request, timeout=5)
-                if method.server_streaming:
-                    list(result)
+                call_empty(ch, service, method)
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, path
             assert path in (info.value.details() or ""), path
 
@@ -136,17 +140,8 @@ def test_metrics_endpoint_counts_rpcs(
     service: ServiceIdentity, endpoints: dict[str, Any], operator: CertBundle
 ) -> None:
     first = methods(service)[0]
-    request_type = message_factory.GetMessageClass(first.input_type)
-    with channel(address(endpoints, service), operator) as ch:
-        call = (ch.unary_stream if first.server_streaming else ch.unary_unary)(
-            f"/{service.grpc_service}/{first.name}",
-            request_serializer=request_type.SerializeToString,
-            response_deserializer=lambda b: b,
-        )
-        with pytest.raises(grpc.RpcError):
-            result = call(request_type(), timeout=5)
-            if first.server_streaming:
-                list(result)
+    with channel(address(endpoints, service), operator) as ch, pytest.raises(grpc.RpcError):
+        call_empty(ch, service, first)
     url = endpoints["services"][service.name][0]["metrics"]
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
     with opener.open(url, timeout=5) as response:

@@ -18,12 +18,13 @@ import pytest
 from etcd3aio import Etcd3Client
 
 from phoenixcp.errors import DependencyMissingError, StartupError
-from phoenixcp.platform import embedded
 from phoenixcp.platform.embedded import (
     BinaryName,
     EmbeddedBao,
     EmbeddedEtcd,
     EmbeddedNats,
+    _base,
+    _support,
     find_binary,
 )
 
@@ -86,7 +87,7 @@ def test_find_binary_returns_the_real_executables() -> None:
 def test_find_binary_names_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(embedded, "_package_dir", lambda package: None)
+    monkeypatch.setattr(_support, "_package_dir", lambda package: None)
 
     with pytest.raises(DependencyMissingError) as bao:
         find_binary("bao")
@@ -229,7 +230,7 @@ def test_a_restart_on_a_port_taken_meanwhile_is_a_clear_error(tmp_path: Path) ->
 def test_a_picked_port_taken_meanwhile_is_retried(
     busy_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_free_ports = embedded._free_ports
+    real_free_ports = _base._free_ports
     picks: list[list[int]] = []
 
     def first_pick_is_taken(host: str, count: int) -> list[int]:
@@ -237,7 +238,7 @@ def test_a_picked_port_taken_meanwhile_is_retried(
         picks.append(ports)
         return ports
 
-    monkeypatch.setattr(embedded, "_free_ports", first_pick_is_taken)
+    monkeypatch.setattr(_base, "_free_ports", first_pick_is_taken)
     with EmbeddedEtcd(data_dir=tmp_path) as server:
         assert len(picks) == 2
         assert server.port != busy_port

@@ -10,10 +10,12 @@ against several processes racing (first writer wins, the others load its files).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ __all__ = [
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 _CA_LIFETIME = dt.timedelta(days=365)
 _BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
+_CREATE_WAIT = 5.0  # seconds a process waits for a concurrent creator to finish
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,15 @@ class LocalCA:
         try:
             _link_new(directory / "ca.key", key_pem, 0o600)
         except FileExistsError:
+            # Another process won and is about to link its ca.pem; wait for it.
+            deadline = time.monotonic() + _CREATE_WAIT
+            while not (directory / "ca.pem").exists():
+                if time.monotonic() > deadline:
+                    raise ConfigError(
+                        f"{directory} has ca.key but no ca.pem; a CA creation was interrupted. "
+                        "Remove the directory to create a new CA (clients must then trust it)"
+                    ) from None
+                time.sleep(0.01)
             return
         _link_new(directory / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
@@ -229,23 +241,30 @@ class FileCertificates:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``path`` whole or not at all, replacing what was there."""
+    _write_new(path, data, mode, replace=True)
 
 
 def _link_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` whole or not at all; FileExistsError when it exists already."""
+    _write_new(path, data, mode, replace=False)
+
+
+def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
         os.close(fd)
-        os.link(tmp, path)
+        fd = -1
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
-        os.unlink(tmp)
+        if fd >= 0:
+            os.close(fd)
+        if not replace or os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

@@ -11,11 +11,11 @@ One interceptor wraps each RPC's behaviour (unary or streaming, sync or async) s
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from phoenixcp.platform.rpc.errors import (
     status_for,
     unimplemented_detail,
 )
+from phoenixcp.platform.rpc.handlers import wrap_handler
 
 __all__ = ["RpcMetrics", "StatusInterceptor"]
 
@@ -94,21 +95,6 @@ class _Call:
         self._metrics.seconds.labels(*self._labels).observe(time.perf_counter() - self._start)
 
 
-async def _resolve(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
-async def _iterate(result: Any) -> AsyncIterator[Any]:
-    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
-    else:
-        result = await _resolve(result)
-        if result is not None:
-            for item in result:
-                yield item
-
-
 class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions to statuses and records request metrics for every RPC."""
 
@@ -126,46 +112,17 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method, metrics = details.method, self._metrics
-        behavior: Any
-        codec = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
 
-        if handler.unary_unary or handler.stream_unary:
-            behavior = handler.unary_unary or handler.stream_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                call = _Call(method, metrics)
-                try:
-                    return await _resolve(behavior(request, context))
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await call.fail(exc, context)
-                finally:
-                    call.done(context)
-
-            make: Any = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                         else grpc.stream_unary_rpc_method_handler)
-            return make(unary, **codec)  # type: ignore[no-any-return]
-
-        behavior = handler.unary_stream or handler.stream_stream
-
-        async def streaming(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
+        @asynccontextmanager
+        async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
             call = _Call(method, metrics)
             try:
-                async for item in _iterate(behavior(request, context)):
-                    yield item
+                yield
             except grpc.aio.AbortError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # every error becomes a status
                 await call.fail(exc, context)
             finally:
                 call.done(context)
 
-        make_stream: Any = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                            else grpc.stream_stream_rpc_method_handler)
-        return make_stream(streaming, **codec)  # type: ignore[no-any-return]
+        return wrap_handler(handler, guard)  # type: ignore[no-any-return]
