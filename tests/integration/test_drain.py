@@ -9,6 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from chaos_engineer.servicer import ChaosEngineerServicer
 from phoenixcp.api.phoenix.v1 import chaos_pb2, chaos_pb2_grpc, common_pb2
@@ -33,7 +37,18 @@ class SlowServicer(ChaosEngineerServicer):
         raise NotFound(f"experiment {request.id!r} does not exist")
 
 
-async def test_in_flight_call_finishes_during_drain(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def spans() -> InMemorySpanExporter:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+async def test_in_flight_call_finishes_during_drain(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
     operator = LocalCA.open(tmp_path / "ca").issue(OPERATOR, ttl=dt.timedelta(hours=1))
     config = load_service_config(None, "chaos-engineer", environ={
         "PHOENIX_STATE_DIR": str(tmp_path), "PHOENIX_GRPC_DRAIN_GRACE": "5s"})
@@ -69,3 +84,9 @@ async def test_in_flight_call_finishes_during_drain(tmp_path: Path) -> None:
     detail = common_pb2.ErrorDetail.FromString(trailers[ERROR_DETAIL_KEY])
     assert detail.reason == common_pb2.ERROR_REASON_NOT_FOUND
     assert detail.message == "experiment 'x' does not exist"
+
+    # The call ran inside a server span named after the method, with its status code.
+    (span,) = [s for s in spans.get_finished_spans()
+               if s.name == "phoenix.v1.ChaosEngineerService/GetExperiment"
+               and s.attributes and s.attributes.get("rpc.grpc.status_code") == 5]
+    assert span.kind == trace.SpanKind.SERVER

@@ -6,7 +6,9 @@ One interceptor wraps each RPC's behaviour (unary or streaming, sync or async) s
 * ``NotImplementedError`` (what the generated base servicers raise) becomes UNIMPLEMENTED
   with a message naming the method;
 * any other exception becomes INTERNAL with an error id that is also in the service log;
-* every call is counted and timed in Prometheus, labelled by service, method and code.
+* every call is counted and timed in Prometheus, labelled by service, method and code;
+* every call runs in an OpenTelemetry server span (the API only: without an SDK configured it
+  costs next to nothing), continuing the caller's trace from its ``traceparent`` metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from phoenixcp.errors import PhoenixError
@@ -33,6 +36,7 @@ from phoenixcp.platform.rpc.handlers import wrap_handler
 __all__ = ["RpcMetrics", "StatusInterceptor"]
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 
 class RpcMetrics:
@@ -88,6 +92,11 @@ class _Call:
                        "the service log has the details under this id")
         await context.abort(code, message, trailing_metadata=trailers)
 
+    @staticmethod
+    def code_value(context: grpc.aio.ServicerContext[Any, Any]) -> int:
+        code = context.code() or grpc.StatusCode.OK
+        return int(code.value[0]) if isinstance(code, grpc.StatusCode) else int(code)
+
     def done(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         code = context.code() or grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
@@ -116,13 +125,21 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         @asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
             call = _Call(method, metrics)
-            try:
-                yield
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # every error becomes a status
-                await call.fail(exc, context)
-            finally:
-                call.done(context)
+            carrier = {k: v for k, v in (context.invocation_metadata() or ())
+                       if isinstance(v, str)}
+            with _tracer.start_as_current_span(
+                method.lstrip("/"), context=propagate.extract(carrier),
+                kind=trace.SpanKind.SERVER, attributes={"rpc.system": "grpc"},
+            ) as span:
+                try:
+                    yield
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # every error becomes a status
+                    span.record_exception(exc)
+                    await call.fail(exc, context)
+                finally:
+                    call.done(context)
+                    span.set_attribute("rpc.grpc.status_code", call.code_value(context))
 
         return wrap_handler(handler, guard)  # type: ignore[no-any-return]
