@@ -12,12 +12,24 @@ Example, with every key at its default::
     metrics:
       listen: 127.0.0.1:0         # host:port of the Prometheus /metrics endpoint
     tls:
-      source: local-ca            # local-ca (the embedded CA in <state_dir>/ca) or files
+      source: local-ca            # local-ca (embedded CA in <state_dir>/ca), files, or vault
       ca_dir: null                # local-ca: where the CA lives; default <state_dir>/ca
       ca_file: null               # files: the CA bundle that signs peers' certificates
       cert_file: null             # files: this service's certificate chain (PEM)
       key_file: null              # files: its private key (PEM)
-      cert_ttl: 24h               # local-ca: lifetime of the certificate issued at start
+      cert_ttl: 24h               # local-ca, vault: lifetime of each certificate (renewed at 2/3)
+    vault: null                   # needed by tls.source vault:
+    #   addr: https://vault:8200  # the Vault / OpenBao API
+    #   token_file: /var/run/vault/token   # wins over token, which wins over $VAULT_TOKEN
+    #   token: ""
+    #   pki_mount: phoenix-pki    # the PKI engine (set up by `phoenixctl up --vault` or an admin)
+    #   kv_mount: secret          # KV v2 engine for backend credentials and webhook tokens
+    #   cert_ttl: 24h             # the longest certificate the PKI roles issue
+    #   ca_bundle: null           # CA of Vault's own TLS certificate (default: system store)
+    #   issuer_pem_bundle: null   # an intermediate CA to import instead of generating a root
+    #   timeout: 5s               # per request
+    election:
+      ttl: 3s                     # leader lease; a dead leader is replaced within about this
     nats:
       url: nats://127.0.0.1:4222
       connect_timeout: 2s
@@ -44,11 +56,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+from phoenixcp.core.durations import format_duration
 from phoenixcp.core.identity import SERVICES
 from phoenixcp.errors import ConfigError
 from phoenixcp.platform.config_loader import FieldInvalid, load_mapping, read_yaml
+from phoenixcp.platform.secrets.vault import VaultConfig
 
 __all__ = [
+    "ElectionConfig",
     "EtcdConfig",
     "GrpcConfig",
     "LogConfig",
@@ -57,6 +72,7 @@ __all__ = [
     "ReadinessConfig",
     "ServiceConfig",
     "TLSConfig",
+    "VaultConfig",
     "load_service_config",
     "parse_host_port",
 ]
@@ -105,7 +121,7 @@ class MetricsConfig:
 class TLSConfig:
     """Where this service's mTLS certificate comes from."""
 
-    source: Literal["local-ca", "files"] = "local-ca"
+    source: Literal["local-ca", "files", "vault"] = "local-ca"
     ca_dir: Path | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -121,6 +137,17 @@ class TLSConfig:
                     )
         if self.cert_ttl < timedelta(minutes=1):
             raise FieldInvalid("cert_ttl", "is too short; use 1m or longer")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ElectionConfig:
+    """Leader election in etcd (services other than metrics-pipeline)."""
+
+    ttl: timedelta = timedelta(seconds=3)
+
+    def __post_init__(self) -> None:
+        if not timedelta(seconds=1) <= self.ttl <= timedelta(minutes=1):
+            raise FieldInvalid("ttl", f"{format_duration(self.ttl)} is out of range; use 1s to 1m")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,12 +212,16 @@ class ServiceConfig:
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
+    vault: VaultConfig | None = None
+    election: ElectionConfig = field(default_factory=ElectionConfig)
     nats: NatsConfig = field(default_factory=NatsConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        if self.tls.source == "vault" and self.vault is None:
+            raise FieldInvalid("vault", "is missing: tls.source vault needs vault.addr")
         names = [s.name for s in SERVICES]
         if self.service and self.service not in names:
             raise FieldInvalid(
