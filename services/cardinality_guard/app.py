@@ -8,7 +8,11 @@ from phoenixcp.platform.config import ServiceConfig
 from phoenixcp.platform.rpc import ServicerBinding
 from phoenixcp.platform.service import ServiceApp
 
-__all__ = ["build"]
+__all__ = ["LEADER_ONLY_RPCS", "build"]
+
+# Remediation and alert dispatch run on the leader, so acknowledgements go there.
+# Followers answer them with FAILED_PRECONDITION naming the leader.
+LEADER_ONLY_RPCS = ("AcknowledgeExplosion",)
 
 
 def build(config: ServiceConfig) -> ServiceApp:
@@ -17,5 +21,6 @@ def build(config: ServiceConfig) -> ServiceApp:
         "phoenix.v1.CardinalityGuardService",
         cardinality_pb2_grpc.add_CardinalityGuardServiceServicer_to_server,
         CardinalityGuardServicer(),
+        leader_only=frozenset(LEADER_ONLY_RPCS),
     )
     return ServiceApp(config=config, bindings=[binding])

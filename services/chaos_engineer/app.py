@@ -8,7 +8,11 @@ from phoenixcp.platform.config import ServiceConfig
 from phoenixcp.platform.rpc import ServicerBinding
 from phoenixcp.platform.service import ServiceApp
 
-__all__ = ["build"]
+__all__ = ["LEADER_ONLY_RPCS", "build"]
+
+# Experiments run on the leader only: it alone may start or abort one.
+# Followers answer them with FAILED_PRECONDITION naming the leader.
+LEADER_ONLY_RPCS = ("StartExperiment", "AbortExperiment")
 
 
 def build(config: ServiceConfig) -> ServiceApp:
@@ -17,5 +21,6 @@ def build(config: ServiceConfig) -> ServiceApp:
         "phoenix.v1.ChaosEngineerService",
         chaos_pb2_grpc.add_ChaosEngineerServiceServicer_to_server,
         ChaosEngineerServicer(),
+        leader_only=frozenset(LEADER_ONLY_RPCS),
     )
     return ServiceApp(config=config, bindings=[binding])

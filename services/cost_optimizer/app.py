@@ -8,7 +8,11 @@ from phoenixcp.platform.config import ServiceConfig
 from phoenixcp.platform.rpc import ServicerBinding
 from phoenixcp.platform.service import ServiceApp
 
-__all__ = ["build"]
+__all__ = ["LEADER_ONLY_RPCS", "build"]
+
+# Applying a recommendation is the control loop's work, which runs on the leader.
+# Followers answer them with FAILED_PRECONDITION naming the leader.
+LEADER_ONLY_RPCS = ("ApplyRecommendation",)
 
 
 def build(config: ServiceConfig) -> ServiceApp:
@@ -17,5 +21,6 @@ def build(config: ServiceConfig) -> ServiceApp:
         "phoenix.v1.CostOptimizerService",
         cost_pb2_grpc.add_CostOptimizerServiceServicer_to_server,
         CostOptimizerServicer(),
+        leader_only=frozenset(LEADER_ONLY_RPCS),
     )
     return ServiceApp(config=config, bindings=[binding])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from phoenixcp.cli.status import collect_status
 from phoenixcp.core.identity import SERVICES
 
 pytestmark = pytest.mark.e2e
@@ -46,18 +48,26 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float) -> float:
     pytest.fail(f"{path} not written within {timeout}s:\n{out}\n{err}")
 
 
+def status_json(state: Path, *, check: bool = True) -> dict:  # type: ignore[type-arg]
+    result = subprocess.run([*PHOENIXCTL, "status", "-o", "json", "--state-dir", str(state)],
+                            capture_output=True, text=True, timeout=30)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
 def test_up_serves_everything_and_stops_clean(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    proc = subprocess.Popen([*PHOENIXCTL, "up", "--replicas", "2", "--state-dir", str(state)],
+    proc = subprocess.Popen([*PHOENIXCTL, "up", "--replicas", "3", "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         took = wait_for(state / "endpoints.json", proc, READY_WITHIN)
-        print(f"\nphoenixctl up --replicas 2: endpoints.json written after {took:.1f}s")
+        print(f"\nphoenixctl up --replicas 3: endpoints.json written after {took:.1f}s")
         endpoints = json.loads((state / "endpoints.json").read_text())
 
         assert set(endpoints["services"]) == {s.name for s in SERVICES}
         for name, replicas in endpoints["services"].items():
-            assert len(replicas) == 2, name
+            assert len(replicas) == 3, name
             for replica in replicas:
                 assert replica["grpc"].startswith("127.0.0.1:")
                 assert replica["metrics"].startswith("http://127.0.0.1:")
@@ -68,19 +78,43 @@ def test_up_serves_everything_and_stops_clean(tmp_path: Path) -> None:
         for key in ("ca", "cert", "key"):
             assert Path(endpoints["tls"][key]).is_file()
 
-        status = subprocess.run([*PHOENIXCTL, "status", "-o", "json", "--state-dir", str(state)],
-                                capture_output=True, text=True, timeout=30)
-        assert status.returncode == 0, status.stderr
-        report = json.loads(status.stdout)
+        report = status_json(state)
         for name, replicas in report["services"].items():
-            assert [r["health"] for r in replicas] == ["SERVING", "SERVING"], name
+            assert [r["health"] for r in replicas] == ["SERVING"] * 3, name
             assert {r["grpc"] for r in replicas} == {
                 r["grpc"] for r in endpoints["services"][name]}
+            leaders = [r["leader"] for r in replicas]
+            if name == "metrics-pipeline":
+                assert leaders == [None] * 3  # every pipeline replica serves; none leads
+            else:
+                assert sorted(leaders, key=str) == [False, False, True], name
 
         table = subprocess.run([*PHOENIXCTL, "status", "--state-dir", str(state)],
                                capture_output=True, text=True, timeout=30)
-        assert table.returncode == 0
+        assert table.returncode == 0, table.stderr
         assert table.stdout.splitlines()[0].split() == ["SERVICE", "GRPC", "HEALTH", "LEADER"]
+
+        # Kill the cost-optimizer leader: `status` shows another leader within the lease TTL.
+        service = "cost-optimizer"
+        (old,) = [r for r in report["services"][service] if r["leader"]]
+        (pid,) = [r["pid"] for r in endpoints["services"][service] if r["grpc"] == old["grpc"]]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        # Poll with the code `phoenixctl status` runs, in-process: a new CLI process per poll
+        # would add its own 0.5 s start-up to the figure.
+        while True:
+            now = asyncio.run(collect_status(endpoints))["services"][service]
+            new = [r["grpc"] for r in now if r["leader"] and r["grpc"] != old["grpc"]]
+            if new:
+                break
+            assert time.monotonic() - killed < 10, now
+        took = time.monotonic() - killed
+        print(f"status showed the new {service} leader {took:.2f}s after SIGKILL of the old one")
+        assert took < 3.6  # the 3 s lease TTL plus etcd's 0.5 s expiry tick
+        shown = status_json(state, check=False)["services"][service]
+        assert [r["leader"] for r in shown if r["grpc"] == new[0]] == [True]
+        assert [r["health"] for r in shown if r["grpc"] == old["grpc"]] == ["UNREACHABLE"]
+
 
         pids = [r["pid"] for rs in endpoints["services"].values() for r in rs]
         pids += list(endpoints["pids"].values())
@@ -89,6 +123,7 @@ def test_up_serves_everything_and_stops_clean(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Phoenix is up" in out
+    assert "exited with code -9" in err  # up reported the replica we killed
     assert [pid for pid in pids if alive(pid)] == []
     assert not (state / "endpoints.json").exists()
 

@@ -52,7 +52,7 @@ async def test_in_flight_call_finishes_during_drain(
     operator = LocalCA.open(tmp_path / "ca").issue(OPERATOR, ttl=dt.timedelta(hours=1))
     config = load_service_config(None, "chaos-engineer", environ={
         "PHOENIX_STATE_DIR": str(tmp_path), "PHOENIX_GRPC_DRAIN_GRACE": "5s"})
-    app = ServiceApp(config=config, probes=[], bindings=[ServicerBinding(
+    app = ServiceApp(config=config, standalone=True, bindings=[ServicerBinding(
         "phoenix.v1.ChaosEngineerService",
         chaos_pb2_grpc.add_ChaosEngineerServiceServicer_to_server, SlowServicer())])
     runner = asyncio.create_task(app.run())

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,16 +149,17 @@ class LocalStack:
     """NATS, etcd, the local CA and ``replicas`` of each service, under ``state_dir``."""
 
     def __init__(self, *, state_dir: Path, replicas: int = 1, python: str | None = None,
-                 stop_grace: float = 15.0) -> None:
+                 stop_grace: float = 15.0, services: Sequence[str] | None = None) -> None:
         self.state_dir = state_dir.resolve()
         self.replicas = replicas
         self._python = python or sys.executable
         self._stop_grace = stop_grace
         self.nats = EmbeddedNats(data_dir=self.state_dir / "nats")
         self.etcd = EmbeddedEtcd(data_dir=self.state_dir / "etcd")
+        chosen = [s for s in SERVICES if services is None or s.name in services]
         self.processes = [
             ServiceProcess(identity, i, self.state_dir)
-            for identity in SERVICES for i in range(replicas)
+            for identity in chosen for i in range(replicas)
         ]
         self._operator: CertBundle | None = None
         self._tls_paths: tuple[Path, Path, Path] | None = None
@@ -182,6 +184,15 @@ class LocalStack:
         await asyncio.gather(*(self._wait_serving(p, deadline) for p in self.processes))
         self._write_endpoints()
 
+    async def restart_replica(self, proc: ServiceProcess, timeout: float = 20.0) -> None:
+        """Start ``proc`` again (after it exited or was killed) and wait until it is SERVING."""
+        if proc.exit_code() is None:
+            raise StartupError(f"{proc.replica} is still running (pid {proc.pid})",
+                               name=proc.replica)
+        proc.start(python=self._python)
+        await self._wait_serving(proc, time.monotonic() + timeout)
+        self._write_endpoints()
+
     async def _wait_serving(self, proc: ServiceProcess, deadline: float) -> None:
         assert self._operator is not None
         while time.monotonic() < deadline:
@@ -200,9 +211,9 @@ class LocalStack:
     def endpoints(self) -> dict[str, Any]:
         assert self._tls_paths is not None
         ca, cert, key = self._tls_paths
-        services: dict[str, list[dict[str, Any]]] = {s.name: [] for s in SERVICES}
+        services: dict[str, list[dict[str, Any]]] = {}
         for proc in self.processes:
-            services[proc.identity.name].append({
+            services.setdefault(proc.identity.name, []).append({
                 "grpc": proc.announced.get("grpc"),
                 "metrics": proc.announced.get("metrics"),
                 "pid": proc.pid,

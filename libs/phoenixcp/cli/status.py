@@ -8,10 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from phoenixcp.cli.stack import operator_bundle, read_endpoints
-from phoenixcp.platform.rpc import health_status
+import grpc
 
-__all__ = ["collect_status", "run_status"]
+from phoenixcp.api.phoenix.v1 import replica_pb2, replica_pb2_grpc
+from phoenixcp.cli.stack import operator_bundle, read_endpoints
+from phoenixcp.platform.rpc import health_status, secure_channel
+from phoenixcp.platform.tls import CertBundle
+
+__all__ = ["collect_status", "leadership", "run_status"]
+
+
+async def leadership(address: str, bundle: CertBundle, *, timeout: float = 2.0) -> bool | None:
+    """Whether the replica at ``address`` leads its service; None if it does not elect or
+    cannot say (unreachable)."""
+    async with secure_channel(address, bundle) as channel:
+        try:
+            reply = await replica_pb2_grpc.ReplicaServiceStub(channel).GetLeader(
+                replica_pb2.GetLeaderRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+    return reply.is_leader if reply.elects_leader else None
 
 
 async def collect_status(endpoints: dict[str, Any]) -> dict[str, Any]:
@@ -20,9 +36,11 @@ async def collect_status(endpoints: dict[str, Any]) -> dict[str, Any]:
 
     async def one(replica: dict[str, Any]) -> dict[str, Any]:
         address = replica.get("grpc")
-        health = await health_status(address, bundle) if address else "UNREACHABLE"
-        # Leadership is reported once leader election exists (the platform issue).
-        return {"grpc": address, "health": health, "leader": None}
+        if not address:
+            return {"grpc": address, "health": "UNREACHABLE", "leader": None}
+        health, leader = await asyncio.gather(health_status(address, bundle),
+                                              leadership(address, bundle))
+        return {"grpc": address, "health": health, "leader": leader}
 
     services: dict[str, list[dict[str, Any]]] = {}
     for name, replicas in endpoints["services"].items():

@@ -9,15 +9,11 @@ import grpc
 
 from phoenixcp.api.phoenix.v1 import common_pb2, replica_pb2, replica_pb2_grpc
 from phoenixcp.core.identity import ServiceIdentity
+from phoenixcp.platform.names import service_enum
 
-__all__ = ["REPLICA_SERVICE", "ReplicaServicer", "service_name_enum"]
+__all__ = ["REPLICA_SERVICE", "ReplicaServicer"]
 
 REPLICA_SERVICE = "phoenix.v1.ReplicaService"
-
-
-def service_name_enum(name: str) -> int:
-    """``metrics-pipeline`` → ``SERVICE_NAME_METRICS_PIPELINE``."""
-    return int(common_pb2.ServiceName.Value("SERVICE_NAME_" + name.upper().replace("-", "_")))
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
@@ -45,7 +41,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     ) -> replica_pb2.GetLeaderResponse:
         response = replica_pb2.GetLeaderResponse(
             replica=common_pb2.ReplicaIdentity(
-                service=service_name_enum(self._identity.name),  # type: ignore[arg-type]
+                service=service_enum(self._identity.name),
                 replica_id=self._replica_id,
                 address=self._address(),
             ),

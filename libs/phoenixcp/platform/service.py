@@ -1,43 +1,64 @@
-"""The process around every Phoenix service: certificates, gRPC, /metrics, readiness, drain.
+"""The process around every Phoenix service: certificates, gRPC, /metrics, readiness, cluster.
 
 :class:`ServiceApp` is what a service package's ``build(config)`` returns. Its life:
 
-1. take this replica's certificate (local CA or files) and renew it at two thirds of its life;
-2. serve ``/metrics`` and the gRPC API with health NOT_SERVING;
-3. wait until every dependency probe answers, then report SERVING and write the announce file;
-4. on :meth:`request_stop`, drain: health NOT_SERVING, let in-flight calls finish within
-   ``grpc.drain_grace``, stop the rest. :meth:`shutdown` is idempotent.
+1. take this replica's certificate (local CA, files or Vault) and renew it at two thirds of
+   its life, without a restart (:class:`CertificateRenewer`);
+2. serve ``/metrics`` and the gRPC API (mTLS, SPIFFE authorisation, leader-only gate) with
+   health NOT_SERVING;
+3. wait until every dependency probe answers (NATS, etcd, and Vault when configured);
+4. join the cluster (:class:`ClusterMember`: etcd state, NATS events, leader election and the
+   service's leader-only components), report SERVING and write the announce file;
+5. on :meth:`request_stop`: NOT_SERVING, resign leadership (another replica takes over at
+   once), let in-flight calls finish within ``grpc.drain_grace``, flush events, close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 
 from phoenixcp import __version__
-from phoenixcp.api.phoenix.v1 import replica_pb2_grpc
+from phoenixcp.api.phoenix.v1 import events_pb2, replica_pb2_grpc
+from phoenixcp.core.acl import default_acl
 from phoenixcp.core.identity import service as service_identity
-from phoenixcp.errors import Unavailable
+from phoenixcp.errors import NotLeader, Unavailable
+from phoenixcp.platform.cluster import ClusterMember
 from phoenixcp.platform.config import ServiceConfig, parse_host_port
+from phoenixcp.platform.coord import LeaderOnly
 from phoenixcp.platform.metrics_http import MetricsServer
 from phoenixcp.platform.probes import DependencyProbe, EtcdProbe, NatsProbe
 from phoenixcp.platform.replica import REPLICA_SERVICE, ReplicaServicer
-from phoenixcp.platform.rpc import GrpcServer, RotatingIdentity, RpcMetrics, ServicerBinding
-from phoenixcp.platform.tls import CertificateSource, FileCertificates, LocalCA
+from phoenixcp.platform.rpc import (
+    GrpcServer,
+    LeaderGateInterceptor,
+    RotatingIdentity,
+    RpcMetrics,
+    ServicerBinding,
+)
+from phoenixcp.platform.rpc.authz import AuthorizationInterceptor
+from phoenixcp.platform.secrets import (
+    CertificateRenewer,
+    VaultCertificates,
+    VaultClient,
+    VaultProbe,
+)
+from phoenixcp.platform.tls import CertBundle, CertificateSource, FileCertificates, LocalCA
 
 __all__ = ["ServiceApp", "certificate_source", "default_probes"]
 
 log = logging.getLogger(__name__)
 
-_RENEW_AT = 2 / 3  # of a certificate's lifetime
+_ISSUERS = {"local-ca": events_pb2.CERT_ISSUER_LOCAL_CA, "vault": events_pb2.CERT_ISSUER_VAULT,
+            "files": events_pb2.CERT_ISSUER_UNSPECIFIED}
 
 
 def certificate_source(config: ServiceConfig) -> CertificateSource:
@@ -47,38 +68,58 @@ def certificate_source(config: ServiceConfig) -> CertificateSource:
         assert tls.ca_file and tls.cert_file and tls.key_file  # checked by TLSConfig
         return FileCertificates(ca_file=tls.ca_file, cert_file=tls.cert_file,
                                 key_file=tls.key_file)
+    if tls.source == "vault":
+        assert config.vault is not None  # checked by ServiceConfig
+        return VaultCertificates(client=VaultClient(config.vault))
     return LocalCA.open(config.ca_dir, create=False)
 
 
 def default_probes(config: ServiceConfig) -> list[DependencyProbe]:
-    """NATS and etcd: every Phoenix service coordinates through both."""
-    return [
+    """NATS and etcd, which every Phoenix service coordinates through; Vault when it is used."""
+    probes: list[DependencyProbe] = [
         NatsProbe(url=config.nats.url, timeout=config.nats.connect_timeout.total_seconds()),
         EtcdProbe(endpoints=config.etcd.endpoints,
                   timeout=config.etcd.dial_timeout.total_seconds()),
     ]
+    if config.tls.source == "vault" and config.vault is not None:
+        probes.append(VaultProbe(client=VaultClient(config.vault)))
+    return probes
 
 
 class ServiceApp:
-    """One running service replica. ``run`` until ``request_stop``; ``shutdown`` is idempotent."""
+    """One running service replica. ``run`` until ``request_stop``; ``shutdown`` is idempotent.
+
+    ``standalone=True`` serves the API without probes or cluster membership (no NATS, etcd or
+    election); tests of a servicer use it.
+    """
 
     def __init__(
         self,
         *,
         config: ServiceConfig,
         bindings: Sequence[ServicerBinding],
+        leader_only: Sequence[LeaderOnly] = (),
         probes: Sequence[DependencyProbe] | None = None,
         registry: CollectorRegistry | None = None,
+        standalone: bool = False,
     ) -> None:
         self.config = config
+        self.identity = service_identity(config.service)
         self.registry = registry or CollectorRegistry()
         self._bindings = tuple(bindings)
-        self._probes = list(default_probes(config) if probes is None else probes)
+        if probes is None:
+            probes = [] if standalone else default_probes(config)
+        self._probes = list(probes)
+        self.cluster: ClusterMember | None = None if standalone else ClusterMember(
+            config=config, identity=self.identity, address=self._grpc_address,
+            registry=self.registry, leader_only=leader_only)
         self._stop = asyncio.Event()
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._grpc: GrpcServer | None = None
         self._metrics: MetricsServer | None = None
+        self._renewer: CertificateRenewer | None = None
+        self._bundle: CertBundle | None = None
         self._shutdown_done = False
         self._define_metrics()
 
@@ -124,31 +165,26 @@ class ServiceApp:
     async def _start(self) -> None:
         config = self.config
         source = certificate_source(config)
-        identity = RotatingIdentity(source.issue(config.service, ttl=config.tls.cert_ttl))
-        self._cert_expiry.set(identity.bundle.not_after.timestamp())
+        self._bundle = await asyncio.to_thread(source.issue, config.service,
+                                               ttl=config.tls.cert_ttl)
+        identity = RotatingIdentity(self._bundle)
+        self._cert_expiry.set(self._bundle.not_after.timestamp())
+        self._renewer = CertificateRenewer(source=source, identity=identity, name=config.service,
+                                           ttl=config.tls.cert_ttl, on_renewed=self._renewed)
 
         host, port = parse_host_port(config.metrics.listen)
         self._metrics = MetricsServer(registry=self.registry, host=host, port=port,
                                       ready=lambda: self._ready)
         await self._metrics.start()
-        replica = ReplicaServicer(
-            identity=service_identity(config.service),
-            replica_id=config.replica_id,
-            address=self._grpc_address,
-        )
-        self._grpc = GrpcServer(
-            bindings=(*self._bindings, ServicerBinding(
-                REPLICA_SERVICE, replica_pb2_grpc.add_ReplicaServiceServicer_to_server, replica)),
-            listen=config.grpc.listen,
-            credentials=identity.server_credentials(),
-            metrics=self._rpc_metrics,
-        )
+        self._grpc = self._build_grpc(identity)
         await self._grpc.start()
         log.info("listening", extra={"fields": {
             "grpc": self._grpc_address(), "metrics_port": self._metrics.bound_port}})
-        self._spawn(self._renew_certificates(source, identity))
+        self._spawn(self._renewer.run())
 
         await self._wait_for_dependencies()
+        if self.cluster is not None and not self._stop.is_set():
+            await self._first(self.cluster.start())
         if self._stop.is_set():
             return
         await self._grpc.set_serving(True)
@@ -158,8 +194,54 @@ class ServiceApp:
         log.info("serving", extra={"fields": {"services": list(self._grpc.service_names)}})
         self._spawn(self._watch_dependencies())
 
-    def _spawn(self, coro: object) -> None:
-        self._tasks.append(asyncio.create_task(coro))  # type: ignore[arg-type]
+    def _build_grpc(self, identity: RotatingIdentity) -> GrpcServer:
+        replica = ReplicaServicer(
+            identity=self.identity, replica_id=self.config.replica_id,
+            address=self._grpc_address, leadership=self._leadership,
+        )
+        bindings = (*self._bindings, ServicerBinding(
+            REPLICA_SERVICE, replica_pb2_grpc.add_ReplicaServiceServicer_to_server, replica))
+        leader_only = frozenset().union(*(b.leader_only_methods for b in bindings))
+        return GrpcServer(
+            bindings=bindings,
+            listen=self.config.grpc.listen,
+            credentials=identity.server_credentials(),
+            metrics=self._rpc_metrics,
+            extra_interceptors=[
+                AuthorizationInterceptor(default_acl(), registry=self.registry),
+                LeaderGateInterceptor(methods=leader_only, require_leader=self._require_leader),
+            ],
+        )
+
+    def _leadership(self) -> tuple[bool, object | None]:
+        return self.cluster.leadership() if self.cluster else (False, None)
+
+    def _require_leader(self) -> None:
+        if self.cluster is None:
+            raise NotLeader(f"{self.config.service} runs standalone: no replica leads")
+        self.cluster.require_leader()
+
+    def _renewed(self, bundle: CertBundle) -> None:
+        previous, self._bundle = self._bundle, bundle
+        self._cert_expiry.set(bundle.not_after.timestamp())
+        if self.cluster is not None:
+            self.cluster.certificate_renewed(bundle, previous, _ISSUERS[self.config.tls.source])
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _first(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` unless a stop is requested first (then cancel it)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.result()
 
     async def _probe_all(self) -> list[str]:
         failures: list[str] = []
@@ -197,26 +279,6 @@ class ServiceApp:
                 log.info("dependencies answer again")
             healthy = not failures
 
-    async def _renew_certificates(
-        self, source: CertificateSource, identity: RotatingIdentity
-    ) -> None:
-        while True:
-            bundle = identity.bundle
-            now = dt.datetime.now(dt.UTC)
-            lifetime = bundle.not_after - bundle.certificate.not_valid_before_utc
-            renew_at = bundle.certificate.not_valid_before_utc + lifetime * _RENEW_AT
-            await asyncio.sleep(max((renew_at - now).total_seconds(), 1.0))
-            try:
-                fresh = source.issue(self.config.service, ttl=self.config.tls.cert_ttl)
-            except Exception:
-                log.exception("certificate renewal failed; retrying in 30s")
-                await asyncio.sleep(30)
-                continue
-            identity.update(fresh)
-            self._cert_expiry.set(fresh.not_after.timestamp())
-            log.info("certificate renewed", extra={"fields": {
-                "not_after": fresh.not_after.isoformat()}})
-
     def _grpc_address(self) -> str:
         host, _ = parse_host_port(self.config.grpc.listen)
         return f"{_dialable(host)}:{self.grpc_port}"
@@ -226,14 +288,13 @@ class ServiceApp:
         if path is None or self._grpc is None or self._metrics is None:
             return
         mhost, _ = parse_host_port(self.config.metrics.listen)
-        record = {
+        _write_json_atomic(path, {
             "service": self.config.service,
             "replica": self.config.replica_id,
             "grpc": self._grpc_address(),
             "metrics": f"http://{_dialable(mhost)}:{self._metrics.bound_port}/metrics",
             "pid": os.getpid(),
-        }
-        _write_json_atomic(path, record)
+        })
 
     async def shutdown(self) -> None:
         """Drain and stop everything this app started, in reverse order. Idempotent."""
@@ -243,12 +304,20 @@ class ServiceApp:
         self._ready = False
         self._ready_gauge.set(0)
         if self._grpc is not None:
+            await self._grpc.set_serving(False)
+        if self.cluster is not None:
+            await self.cluster.resign()  # hand over first: a drain may take drain_grace
+        if self._grpc is not None:
             log.info("draining", extra={"fields": {
                 "grace_seconds": self.config.grpc.drain_grace.total_seconds()}})
             await self._grpc.stop(self.config.grpc.drain_grace.total_seconds())
+        if self._renewer is not None:
+            self._renewer.shutdown()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.cluster is not None:
+            await self.cluster.shutdown()
         if self._metrics is not None:
             await self._metrics.shutdown()
         if self.config.announce_file is not None:

@@ -19,6 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from phoenixcp.api.phoenix.v1 import common_pb2, events_pb2
 from phoenixcp.errors import InvalidArgument
+from phoenixcp.platform import names
 
 __all__ = [
     "CLUSTER_TENANT",
@@ -54,13 +55,10 @@ def uuid7() -> str:
 
 def service_enum(service: str) -> common_pb2.ServiceName.ValueType:
     """``cost-optimizer`` → ``SERVICE_NAME_COST_OPTIMIZER``; InvalidArgument for other names."""
-    name = "SERVICE_NAME_" + service.upper().replace("-", "_")
     try:
-        return common_pb2.ServiceName.Value(name)
-    except ValueError:
-        raise InvalidArgument(
-            f"{service!r} is not a Phoenix service name", field="service"
-        ) from None
+        return names.service_enum(service)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), field="service") from None
 
 
 def event_subject(event: events_pb2.Event) -> str:

@@ -34,18 +34,11 @@ from phoenixcp.platform.coord.lease import KeptLease, lease_clock
 from phoenixcp.platform.coord.metrics import coord_metrics
 from phoenixcp.platform.coord.ports import Fence, LeadershipChange
 from phoenixcp.platform.coord.watching import EVENT_DELETE, Backoff, Compacted, resumable_watch
+from phoenixcp.platform.names import service_enum_or_unspecified
 
 __all__ = ["LeaderElection"]
 
 _log = logging.getLogger(__name__)
-
-
-def _service_enum(service: str) -> common_pb2.ServiceName.ValueType:
-    name = "SERVICE_NAME_" + service.upper().replace("-", "_")
-    try:
-        return common_pb2.ServiceName.Value(name)
-    except ValueError:
-        return common_pb2.SERVICE_NAME_UNSPECIFIED
 
 
 def _parse_record(value: bytes) -> state_pb2.LeaderRecord | None:
@@ -98,7 +91,7 @@ class LeaderElection:
         self._margin = margin_s
         self._clock = clock
         self._identity = common_pb2.ReplicaIdentity(
-            service=_service_enum(service), replica_id=replica_id, address=address
+            service=service_enum_or_unspecified(service), replica_id=replica_id, address=address
         )
         self._metrics = coord_metrics(registry)
         self._metrics.leader.labels(service).set(0)

@@ -26,6 +26,13 @@ class ServicerBinding:
     """Fully qualified, as health checks and reflection name it: ``phoenix.v1.PipelineService``."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: object
+    leader_only: frozenset[str] = frozenset()
+    """RPC names (``StartExperiment``) that only the leader serves; followers name the leader."""
+
+    @property
+    def leader_only_methods(self) -> frozenset[str]:
+        """The leader-only RPCs as full method paths, as interceptors see them."""
+        return frozenset(f"/{self.service_name}/{name}" for name in self.leader_only)
 
 
 class GrpcServer:
