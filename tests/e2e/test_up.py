@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,30 @@ def test_status_without_a_stack_says_how_to_start_one(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "phoenixctl up" in result.stderr
+
+
+def test_up_with_vault_takes_every_certificate_from_openbao(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen([*PHOENIXCTL, "up", "--vault", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(state / "endpoints.json", proc, READY_WITHIN)
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        report = status_json(state)  # over mTLS, trusting only the CA in endpoints.json
+        assert {r["health"] for rs in report["services"].values() for r in rs} == {"SERVING"}
+
+        # That CA is OpenBao's PKI root, and no local CA was made.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{endpoints['vault']}/v1/phoenix-pki/ca/pem", timeout=5) as response:
+            vault_ca = response.read().decode().strip()
+        assert Path(endpoints["tls"]["ca"]).read_text().strip().startswith(vault_ca)
+        assert not (state / "ca").exists()
+        assert (state / "bao" / "token").stat().st_mode & 0o077 == 0
+        pids = [r["pid"] for rs in endpoints["services"].values() for r in rs]
+        pids += list(endpoints["pids"].values())
+        assert "bao" in endpoints["pids"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [pid for pid in pids if alive(pid)] == []

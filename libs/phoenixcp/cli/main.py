@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack: NATS, etcd, a CA and all services")
     up.add_argument("--replicas", type=_positive, default=1, help="replicas of each service")
     up.add_argument("--state-dir", default=None, help=state_help)
+    up.add_argument("--vault", action="store_true",
+                    help="run OpenBao (bao server -dev) and take every certificate from its PKI "
+                         "engine instead of the local CA (needs the vault extra)")
     up.add_argument("--timeout", type=float, default=30.0,
                     help="seconds to wait for every replica to be SERVING (default 30)")
 
@@ -63,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from phoenixcp.cli.up import run_up
 
         sys.exit(run_up(state_dir=_state_dir(args.state_dir), replicas=args.replicas,
-                        timeout=args.timeout))
+                        timeout=args.timeout, vault=args.vault))
     if args.command == "status":
         from phoenixcp.cli.status import run_status
 

@@ -10,7 +10,7 @@ part of Phoenix's contract (README, "endpoints.json")::
                                       "pid": N, "replica": "...", "log": PATH}, ...]},
      "nats": "nats://...", "etcd": "http://...",
      "tls": {"ca": PATH, "cert": PATH, "key": PATH},
-     "state_dir": PATH, "pid": N, "pids": {"nats": N, "etcd": N}}
+     "state_dir": PATH, "pid": N, "pids": {"nats": N, "etcd": N[, "bao": N]}[, "vault": URL]}
 
 A :class:`LocalStack` is driven from the main thread (its children are tied to that thread's
 life, so they die with it); ``stop`` is idempotent and stops services first, then etcd and NATS.
@@ -35,9 +35,15 @@ import yaml
 
 from phoenixcp.core.identity import OPERATOR, SERVICES, ServiceIdentity
 from phoenixcp.errors import StartupError
-from phoenixcp.platform.embedded import EmbeddedEtcd, EmbeddedNats, die_with_parent_hook
+from phoenixcp.platform.embedded import (
+    EmbeddedBao,
+    EmbeddedEtcd,
+    EmbeddedNats,
+    die_with_parent_hook,
+)
 from phoenixcp.platform.rpc import health_status
-from phoenixcp.platform.tls import CertBundle, LocalCA
+from phoenixcp.platform.secrets import VaultCertificates, VaultClient, VaultConfig, ensure_pki
+from phoenixcp.platform.tls import CertBundle, CertificateSource, LocalCA
 
 __all__ = ["ENDPOINTS_FILE", "LocalStack", "ServiceProcess", "read_endpoints"]
 
@@ -86,7 +92,8 @@ class ServiceProcess:
     def announce_path(self) -> Path:
         return self.state_dir / "run" / f"{self.replica}.json"
 
-    def write_config(self, *, nats_url: str, etcd_endpoint: str) -> None:
+    def write_config(self, *, nats_url: str, etcd_endpoint: str,
+                     tls: dict[str, Any] | None = None) -> None:
         config = {
             "service": self.identity.name,
             "replica": self.replica,
@@ -94,9 +101,9 @@ class ServiceProcess:
             "announce_file": str(self.announce_path),
             "grpc": {"listen": "127.0.0.1:0"},
             "metrics": {"listen": "127.0.0.1:0"},
-            "tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")},
             "nats": {"url": nats_url},
             "etcd": {"endpoints": [etcd_endpoint]},
+            **(tls or {"tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")}}),
         }
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -149,13 +156,16 @@ class LocalStack:
     """NATS, etcd, the local CA and ``replicas`` of each service, under ``state_dir``."""
 
     def __init__(self, *, state_dir: Path, replicas: int = 1, python: str | None = None,
-                 stop_grace: float = 15.0, services: Sequence[str] | None = None) -> None:
+                 stop_grace: float = 15.0, services: Sequence[str] | None = None,
+                 vault: bool = False) -> None:
         self.state_dir = state_dir.resolve()
         self.replicas = replicas
         self._python = python or sys.executable
         self._stop_grace = stop_grace
         self.nats = EmbeddedNats(data_dir=self.state_dir / "nats")
         self.etcd = EmbeddedEtcd(data_dir=self.state_dir / "etcd")
+        self.bao = EmbeddedBao(data_dir=self.state_dir / "bao") if vault else None
+        self._vault_token_file = self.state_dir / "bao" / "token"
         chosen = [s for s in SERVICES if services is None or s.name in services]
         self.processes = [
             ServiceProcess(identity, i, self.state_dir)
@@ -166,19 +176,39 @@ class LocalStack:
         self._stopped = False
 
     def prepare(self) -> None:
-        """Create the CA and the operator's certificate; start NATS and etcd."""
+        """Start NATS, etcd (and OpenBao); create the CA and the operator's certificate."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        ca = LocalCA.open(self.state_dir / "ca")
-        self._operator = ca.issue(OPERATOR, ttl=_OPERATOR_CERT_TTL)
-        self._tls_paths = self._operator.write(self.state_dir / "tls", OPERATOR)
         self.nats.start()
         self.etcd.start()
+        source: CertificateSource
+        if self.bao is None:
+            source = LocalCA.open(self.state_dir / "ca")
+        else:
+            self.bao.start()
+            _write_secret(self._vault_token_file, self.bao.root_token)
+            client = VaultClient(self._vault_config())
+            # Once, here: replicas racing to set up an empty PKI mount could make two roots.
+            ensure_pki(client, services=[s.name for s in SERVICES], max_ttl=_OPERATOR_CERT_TTL)
+            source = VaultCertificates(client=client)
+        self._operator = source.issue(OPERATOR, ttl=_OPERATOR_CERT_TTL)
+        self._tls_paths = self._operator.write(self.state_dir / "tls", OPERATOR)
+
+    def _vault_config(self) -> VaultConfig:
+        assert self.bao is not None
+        return VaultConfig(addr=self.bao.addr, token_file=self._vault_token_file)
+
+    def _service_tls(self) -> dict[str, Any]:
+        if self.bao is None:
+            return {"tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")}}
+        return {"tls": {"source": "vault"},
+                "vault": {"addr": self.bao.addr, "token_file": str(self._vault_token_file)}}
 
     async def start(self, timeout: float = 20.0) -> None:
         """Start everything and wait until every replica reports SERVING, or raise StartupError."""
         self.prepare()
         for proc in self.processes:
-            proc.write_config(nats_url=self.nats.url, etcd_endpoint=self.etcd.endpoint)
+            proc.write_config(nats_url=self.nats.url, etcd_endpoint=self.etcd.endpoint,
+                              tls=self._service_tls())
             proc.start(python=self._python)
         deadline = time.monotonic() + timeout
         await asyncio.gather(*(self._wait_serving(p, deadline) for p in self.processes))
@@ -227,7 +257,9 @@ class LocalStack:
             "tls": {"ca": str(ca), "cert": str(cert), "key": str(key)},
             "state_dir": str(self.state_dir),
             "pid": os.getpid(),
-            "pids": {"nats": self.nats.pid, "etcd": self.etcd.pid},
+            "pids": {"nats": self.nats.pid, "etcd": self.etcd.pid,
+                     **({"bao": self.bao.pid} if self.bao else {})},
+            **({"vault": self.bao.addr} if self.bao else {}),
         }
 
     def _write_endpoints(self) -> None:
@@ -251,5 +283,14 @@ class LocalStack:
         deadline = time.monotonic() + self._stop_grace
         for proc in self.processes:
             proc.wait_or_kill(deadline)
+        if self.bao is not None:
+            self.bao.stop()
         self.etcd.stop()
         self.nats.stop()
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value)

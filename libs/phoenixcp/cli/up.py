@@ -29,18 +29,19 @@ def _already_running(state_dir: Path) -> int | None:
     return pid
 
 
-def run_up(*, state_dir: Path, replicas: int, timeout: float) -> int:
+def run_up(*, state_dir: Path, replicas: int, timeout: float, vault: bool = False) -> int:
     """Start the stack and block until a signal; return the exit code."""
     running = _already_running(state_dir)
     if running is not None:
         print(f"phoenixctl up: a Phoenix stack is already running from {state_dir} (pid "
               f"{running}); stop it first or pass another --state-dir", file=sys.stderr)
         return 1
-    stack = LocalStack(state_dir=state_dir, replicas=replicas)
+    stack = LocalStack(state_dir=state_dir, replicas=replicas, vault=vault)
     stop = _StopSignal()
     started = time.monotonic()
     try:
-        print(f"phoenixctl up: starting NATS, etcd and {replicas} replica(s) of each service "
+        infra = "NATS, etcd, OpenBao" if vault else "NATS, etcd"
+        print(f"phoenixctl up: starting {infra} and {replicas} replica(s) of each service "
               f"in {stack.state_dir} ...", flush=True)
         asyncio.run(_start(stack, stop, timeout))
         if stop.received:
@@ -118,6 +119,8 @@ def _table(stack: LocalStack, seconds: float) -> str:
         "",
         f"nats       {endpoints['nats']}",
         f"etcd       {endpoints['etcd']}",
+        *([f"vault      {endpoints['vault']} (certificates from its PKI engine; root token in "
+           f"{stack.state_dir / 'bao' / 'token'})"] if "vault" in endpoints else []),
         f"tls        ca={tls['ca']} cert={tls['cert']} key={tls['key']} (operator client cert)",
         f"endpoints  {stack.state_dir / ENDPOINTS_FILE}",
         "",
