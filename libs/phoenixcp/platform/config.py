@@ -38,6 +38,7 @@ Example, with every key at its default::
       dial_timeout: 2s
     readiness:
       probe_interval: 5s          # how often dependencies are re-checked
+    pipeline: {}                  # metrics-pipeline only: see phoenixcp.platform.pipeline_config
     log:
       level: info                 # debug, info, warning, error
       format: json                # json or text
@@ -60,15 +61,18 @@ from phoenixcp.core.durations import format_duration
 from phoenixcp.core.identity import SERVICES
 from phoenixcp.errors import ConfigError
 from phoenixcp.platform.config_loader import FieldInvalid, load_mapping, read_yaml
+from phoenixcp.platform.pipeline_config import ExporterConfig, PipelineConfig
 from phoenixcp.platform.secrets.vault import VaultConfig
 
 __all__ = [
     "ElectionConfig",
     "EtcdConfig",
+    "ExporterConfig",
     "GrpcConfig",
     "LogConfig",
     "MetricsConfig",
     "NatsConfig",
+    "PipelineConfig",
     "ReadinessConfig",
     "ServiceConfig",
     "TLSConfig",
@@ -217,6 +221,7 @@ class ServiceConfig:
     nats: NatsConfig = field(default_factory=NatsConfig)
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

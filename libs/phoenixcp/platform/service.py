@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 
@@ -53,7 +53,7 @@ from phoenixcp.platform.secrets import (
 )
 from phoenixcp.platform.tls import CertBundle, CertificateSource, FileCertificates, LocalCA
 
-__all__ = ["ServiceApp", "certificate_source", "default_probes"]
+__all__ = ["Component", "ServiceApp", "certificate_source", "default_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,22 @@ def default_probes(config: ServiceConfig) -> list[DependencyProbe]:
     return probes
 
 
+class Component(Protocol):
+    """Long-lived work a service runs beside its API, such as the pipeline's data path.
+
+    Components start before the dependency wait (the data path never waits on the control
+    plane) and stop after the gRPC drain, in reverse order; ``shutdown`` is idempotent.
+    """
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    def endpoints(self) -> dict[str, str]:
+        """Addresses this component serves, for the announce file (``{}`` when none)."""
+        ...
+
+
 class ServiceApp:
     """One running service replica. ``run`` until ``request_stop``; ``shutdown`` is idempotent.
 
@@ -99,6 +115,7 @@ class ServiceApp:
         config: ServiceConfig,
         bindings: Sequence[ServicerBinding],
         leader_only: Sequence[LeaderOnly] = (),
+        components: Sequence[Component] = (),
         probes: Sequence[DependencyProbe] | None = None,
         registry: CollectorRegistry | None = None,
         standalone: bool = False,
@@ -107,6 +124,8 @@ class ServiceApp:
         self.identity = service_identity(config.service)
         self.registry = registry or CollectorRegistry()
         self._bindings = tuple(bindings)
+        self._components = tuple(components)
+        self._started: list[Component] = []
         if probes is None:
             probes = [] if standalone else default_probes(config)
         self._probes = list(probes)
@@ -181,6 +200,9 @@ class ServiceApp:
         log.info("listening", extra={"fields": {
             "grpc": self._grpc_address(), "metrics_port": self._metrics.bound_port}})
         self._spawn(self._renewer.run())
+        for component in self._components:
+            await component.start()
+            self._started.append(component)
 
         await self._wait_for_dependencies()
         if self.cluster is not None and not self._stop.is_set():
@@ -288,13 +310,19 @@ class ServiceApp:
         if path is None or self._grpc is None or self._metrics is None:
             return
         mhost, _ = parse_host_port(self.config.metrics.listen)
-        _write_json_atomic(path, {
+        record: dict[str, object] = {
             "service": self.config.service,
             "replica": self.config.replica_id,
             "grpc": self._grpc_address(),
             "metrics": f"http://{_dialable(mhost)}:{self._metrics.bound_port}/metrics",
             "pid": os.getpid(),
-        })
+        }
+        ingest: dict[str, str] = {}
+        for component in self._started:
+            ingest.update(component.endpoints())
+        if ingest:
+            record["ingest"] = ingest
+        _write_json_atomic(path, record)
 
     async def shutdown(self) -> None:
         """Drain and stop everything this app started, in reverse order. Idempotent."""
@@ -311,6 +339,8 @@ class ServiceApp:
             log.info("draining", extra={"fields": {
                 "grace_seconds": self.config.grpc.drain_grace.total_seconds()}})
             await self._grpc.stop(self.config.grpc.drain_grace.total_seconds())
+        for component in reversed(self._started):
+            await component.shutdown()
         if self._renewer is not None:
             self._renewer.shutdown()
         for task in self._tasks:

@@ -1,0 +1,93 @@
+"""The ``pipeline:`` section of the config file: metrics-pipeline's ingest, queue and exporters.
+
+Example::
+
+    pipeline:
+      otlp_grpc_listen: 127.0.0.1:4317   # OTLP/gRPC MetricsService/Export
+      http_listen: 127.0.0.1:4318        # POST /v1/metrics (OTLP/HTTP) and /api/v1/write
+      ingest_tls: off                    # off, tls (server cert) or mtls (client certs too)
+      max_request_bytes: 10485760        # larger requests are refused (413 / INVALID_ARGUMENT)
+      data_dir: null                     # queues live here; default <state_dir>/pipeline/<replica>
+      queue_max_bytes: 536870912         # per exporter; when full: 429 / RESOURCE_EXHAUSTED
+      queue_fsync: always                # always (group commit), interval, never (benchmarks only)
+      exporters:
+        - name: victoria
+          type: remote-write             # remote-write or otlp
+          endpoint: http://127.0.0.1:8428/api/v1/write   # otlp: host:port
+          timeout: 10s
+          concurrency: 4                 # requests in flight
+          max_batch_samples: 10000
+          flush_interval: 1s
+          tenant_header: false           # send X-Scope-OrgID (Mimir, VictoriaMetrics cluster)
+
+With no exporter, the pipeline accepts and counts what it receives and forwards nothing: say so
+loudly, it is only for trying Phoenix out (``phoenixctl up`` starts a counting sink instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from phoenixcp.platform.config_loader import FieldInvalid
+
+__all__ = ["ExporterConfig", "PipelineConfig"]
+
+_NAME_HELP = "a name of letters, digits, - and _ (it names the queue directory and metrics)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExporterConfig:
+    """One backend the pipeline forwards to, through its own durable queue."""
+
+    name: str
+    type: Literal["remote-write", "otlp"]
+    endpoint: str
+    timeout: timedelta = timedelta(seconds=10)
+    concurrency: int = 4
+    max_batch_samples: int = 10_000
+    flush_interval: timedelta = timedelta(seconds=1)
+    tenant_header: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
+            raise FieldInvalid("name", f"{self.name!r} is not {_NAME_HELP}")
+        if self.type == "remote-write" and not self.endpoint.startswith(("http://", "https://")):
+            raise FieldInvalid("endpoint", f"{self.endpoint!r} is not an http(s):// URL, e.g. "
+                               "http://127.0.0.1:8428/api/v1/write")
+        if self.type == "otlp" and "://" in self.endpoint:
+            raise FieldInvalid("endpoint", f"{self.endpoint!r}: give host:port for otlp")
+        if not 1 <= self.concurrency <= 64:
+            raise FieldInvalid("concurrency", f"{self.concurrency} is out of range; use 1 to 64")
+        if not 1 <= self.max_batch_samples <= 1_000_000:
+            raise FieldInvalid("max_batch_samples",
+                               f"{self.max_batch_samples} is out of range; use 1 to 1000000")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Where metrics-pipeline listens, how much it queues, where it forwards."""
+
+    otlp_grpc_listen: str = "127.0.0.1:4317"
+    http_listen: str = "127.0.0.1:4318"
+    ingest_tls: Literal["off", "tls", "mtls"] = "off"
+    max_request_bytes: int = 10 * 1024 * 1024
+    data_dir: Path | None = None
+    queue_max_bytes: int = 512 * 1024 * 1024
+    queue_fsync: Literal["always", "interval", "never"] = "always"
+    exporters: tuple[ExporterConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.max_request_bytes <= 256 * 1024 * 1024:
+            raise FieldInvalid("max_request_bytes", f"{self.max_request_bytes} is out of range; "
+                               "use 1024 to 268435456")
+        if self.queue_max_bytes < 1024 * 1024:
+            raise FieldInvalid("queue_max_bytes", f"{self.queue_max_bytes} is too small; "
+                               "use at least 1048576 (1 MiB)")
+        names = [e.name for e in self.exporters]
+        for name in names:
+            if names.count(name) > 1:
+                raise FieldInvalid("exporters", f"the name {name!r} is used twice; names "
+                                   "must be unique (each has its own queue)")
