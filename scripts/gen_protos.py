@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Regenerate the Python stubs of Phoenix's gRPC contract, or check they are fresh.
 
-    python scripts/gen_protos.py           # regenerate libs/phoenixcp/api/phoenix/v1/
+    python scripts/gen_protos.py           # regenerate libs/phoenixcp/api/{phoenix/v1,prometheus}/
     python scripts/gen_protos.py --check   # exit 1 if the committed stubs are stale
 
-The stubs are generated from protos/phoenix/v1/*.proto with grpcio-tools
-(`python -m grpc_tools.protoc`: `*_pb2.py`, `*_pb2_grpc.py`) and mypy-protobuf
-(`*_pb2.pyi`, `*_pb2_grpc.pyi`). protoc names modules after the proto path
-(`phoenix.v1.x_pb2`); they are rewritten to import as
+Two sets of protos are compiled: Phoenix's contract, protos/phoenix/v1/*.proto, into
+`phoenixcp.api.phoenix.v1`, and the hand-written copy of Prometheus' remote-write
+schema, third_party/protos/prometheus/*.proto, into `phoenixcp.api.prometheus` (kept
+out of protos/ so that buf lint judges only our own contract). The stubs are
+generated with grpcio-tools (`python -m grpc_tools.protoc`: `*_pb2.py`,
+`*_pb2_grpc.py`) and mypy-protobuf (`*_pb2.pyi`, `*_pb2_grpc.pyi`). protoc names
+modules after the proto path (`phoenix.v1.x_pb2`); they are rewritten to import as
 `phoenixcp.api.phoenix.v1.x_pb2`. `*_pb2_grpc` modules are kept only for files
 that define a service. Generation always happens in a temporary directory, so
 the output depends only on the protos and the generator versions; `--check`
@@ -22,14 +25,33 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "protos"
-PROTO_PACKAGE_DIR = Path("phoenix") / "v1"
 API_ROOT = ROOT / "libs" / "phoenixcp" / "api"
 PYTHON_PREFIX = "phoenixcp.api"
+
+
+@dataclass(frozen=True)
+class ProtoSet:
+    """One directory of .proto files of one proto package, compiled into API_ROOT/package_dir."""
+
+    proto_root: Path
+    package_dir: Path
+
+    @property
+    def proto_package(self) -> str:
+        return ".".join(self.package_dir.parts)
+
+
+PROTO_ROOT = ROOT / "protos"
+PROTO_PACKAGE_DIR = Path("phoenix") / "v1"
+PROTO_SETS = (
+    ProtoSet(PROTO_ROOT, PROTO_PACKAGE_DIR),
+    ProtoSet(ROOT / "third_party" / "protos", Path("prometheus")),
+)
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
@@ -49,6 +71,12 @@ PACKAGE_INITS: dict[Path, str] = {
     PROTO_PACKAGE_DIR / "__init__.py": (
         '"""Generated stubs of package `phoenix.v1`; regenerate with `make protos`."""\n'
     ),
+    Path("prometheus") / "__init__.py": (
+        '"""Generated stubs of Prometheus\' remote-write schema (third_party/protos/prometheus).\n'
+        "\n"
+        "Regenerate with `make protos`; never edit by hand.\n"
+        '"""\n'
+    ),
 }
 
 # Lines that only stamp the generator's version; used to explain a --check
@@ -56,9 +84,6 @@ PACKAGE_INITS: dict[Path, str] = {
 _VERSION_STAMP = re.compile(
     r"^(# Protobuf Python Version: .*|GRPC_GENERATED_VERSION = .*|\s+\d+,)$", re.MULTILINE
 )
-_FROM_IMPORT = re.compile(r"^from phoenix\.v1 import ", re.MULTILINE)
-_MODULE_NAME = re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')phoenix\.v1\.")
-_LEFTOVER = re.compile(r"^\s*(from|import) phoenix\b", re.MULTILINE)
 _SERVICE_STUB = re.compile(r"^class \w+Stub\b", re.MULTILINE)
 
 
@@ -66,12 +91,14 @@ class GenerationError(Exception):
     """protoc or a plugin failed, or its output is not what this script expects."""
 
 
-def proto_files() -> list[Path]:
-    """The contract's .proto files, relative to protos/, sorted."""
-    files = sorted((PROTO_ROOT / PROTO_PACKAGE_DIR).glob("*.proto"))
+def proto_files(proto_set: ProtoSet) -> list[Path]:
+    """The set's .proto files, relative to its proto root, sorted."""
+    files = sorted((proto_set.proto_root / proto_set.package_dir).glob("*.proto"))
     if not files:
-        raise GenerationError(f"no .proto files in {PROTO_ROOT / PROTO_PACKAGE_DIR}")
-    return [f.relative_to(PROTO_ROOT) for f in files]
+        raise GenerationError(
+            f"no .proto files in {proto_set.proto_root / proto_set.package_dir}"
+        )
+    return [f.relative_to(proto_set.proto_root) for f in files]
 
 
 def _plugin(name: str) -> str:
@@ -88,8 +115,8 @@ def _plugin(name: str) -> str:
     return found
 
 
-def run_protoc(out_dir: Path) -> None:
-    """Run protoc with the Python, gRPC and mypy generators into out_dir."""
+def run_protoc(proto_set: ProtoSet, out_dir: Path) -> None:
+    """Run protoc on one set with the Python, gRPC and mypy generators into out_dir."""
     try:
         wkt_include = resources.files("grpc_tools") / "_proto"
     except ModuleNotFoundError as exc:
@@ -100,7 +127,7 @@ def run_protoc(out_dir: Path) -> None:
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"--proto_path={PROTO_ROOT}",
+        f"--proto_path={proto_set.proto_root}",
         f"--proto_path={wkt_include}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
@@ -108,28 +135,40 @@ def run_protoc(out_dir: Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *[str(p) for p in proto_files()],
+        *[str(p) for p in proto_files(proto_set)],
     ]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise GenerationError(f"protoc failed (exit {result.returncode}):\n{result.stderr}")
 
 
-def rewrite_imports(text: str) -> str:
-    """Make generated modules import each other as `phoenixcp.api.phoenix.v1.x_pb2`."""
-    text = _FROM_IMPORT.sub(f"from {PYTHON_PREFIX}.phoenix.v1 import ", text)
-    return _MODULE_NAME.sub(rf"\g<1>{PYTHON_PREFIX}.phoenix.v1.", text)
+def rewrite_imports(proto_set: ProtoSet, text: str) -> str:
+    """Make generated modules import each other as `phoenixcp.api.<package>.x_pb2`."""
+    package = re.escape(proto_set.proto_package)
+    text = re.sub(
+        rf"^from {package} import ",
+        f"from {PYTHON_PREFIX}.{proto_set.proto_package} import ",
+        text,
+        flags=re.MULTILINE,
+    )
+    return re.sub(
+        rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, '){package}\.",
+        rf"\g<1>{PYTHON_PREFIX}.{proto_set.proto_package}.",
+        text,
+    )
 
 
-def postprocess(gen_dir: Path) -> None:
+def postprocess(proto_set: ProtoSet, gen_dir: Path) -> None:
     """Rewrite imports and drop gRPC modules of files that define no service."""
+    top = re.escape(proto_set.package_dir.parts[0])
+    leftover_import = re.compile(rf"^\s*(from|import) {top}\b", re.MULTILINE)
     for path in sorted(gen_dir.iterdir()):
         if path.name.endswith("_pb2_grpc.py") and not _SERVICE_STUB.search(path.read_text()):
             path.unlink()
             path.with_suffix(".pyi").unlink(missing_ok=True)
     for path in sorted(gen_dir.iterdir()):
-        text = rewrite_imports(path.read_text(encoding="utf-8"))
-        leftover = _LEFTOVER.search(text)
+        text = rewrite_imports(proto_set, path.read_text(encoding="utf-8"))
+        leftover = leftover_import.search(text)
         if leftover:
             raise GenerationError(
                 f"{path.name}: unexpected import {leftover.group(0).strip()!r} left after "
@@ -139,23 +178,36 @@ def postprocess(gen_dir: Path) -> None:
         path.write_bytes(text.encode("utf-8"))
 
 
-def generate(out_dir: Path) -> dict[str, bytes]:
-    """Generate the stubs under out_dir and return {file name: content}."""
-    run_protoc(out_dir)
-    gen_dir = out_dir / PROTO_PACKAGE_DIR
-    postprocess(gen_dir)
-    return {p.name: p.read_bytes() for p in sorted(gen_dir.iterdir()) if p.is_file()}
+def generate(out_dir: Path) -> dict[Path, bytes]:
+    """Generate every set's stubs under out_dir; return {path relative to API_ROOT: content}."""
+    fresh: dict[Path, bytes] = {}
+    for proto_set in PROTO_SETS:
+        set_out = out_dir / proto_set.proto_package
+        set_out.mkdir()
+        run_protoc(proto_set, set_out)
+        gen_dir = set_out / proto_set.package_dir
+        postprocess(proto_set, gen_dir)
+        fresh.update(
+            {
+                proto_set.package_dir / p.name: p.read_bytes()
+                for p in sorted(gen_dir.iterdir())
+                if p.is_file()
+            }
+        )
+    return fresh
 
 
-def committed_stubs(target: Path) -> dict[str, bytes]:
-    """The generated files currently in the target package directory."""
-    if not target.is_dir():
-        return {}
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(target.iterdir())
-        if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
-    }
+def committed_stubs() -> dict[Path, bytes]:
+    """The generated files currently committed, relative to API_ROOT."""
+    found: dict[Path, bytes] = {}
+    for proto_set in PROTO_SETS:
+        target = API_ROOT / proto_set.package_dir
+        if not target.is_dir():
+            continue
+        for p in sorted(target.iterdir()):
+            if p.is_file() and p.name.endswith(GENERATED_SUFFIXES):
+                found[proto_set.package_dir / p.name] = p.read_bytes()
+    return found
 
 
 def _only_version_stamps_differ(old: bytes, new: bytes) -> bool:
@@ -165,11 +217,10 @@ def _only_version_stamps_differ(old: bytes, new: bytes) -> bool:
     return strip(old) == strip(new)
 
 
-def check(fresh: dict[str, bytes]) -> int:
+def check(fresh: dict[Path, bytes]) -> int:
     """Compare fresh output with the committed stubs; print what is stale."""
-    target = API_ROOT / PROTO_PACKAGE_DIR
-    current = committed_stubs(target)
-    rel = target.relative_to(ROOT)
+    current = committed_stubs()
+    rel = API_ROOT.relative_to(ROOT)
     problems: list[str] = []
     stamp_only = True
     for name in sorted(fresh.keys() | current.keys()):
@@ -189,7 +240,7 @@ def check(fresh: dict[str, bytes]) -> int:
     if not problems:
         print(f"protos: stubs in {rel} are up to date ({len(fresh)} files)")
         return 0
-    print("protos: generated stubs differ from protos/phoenix/v1:", file=sys.stderr)
+    print("protos: generated stubs differ from their .proto files:", file=sys.stderr)
     print("\n".join(problems), file=sys.stderr)
     if stamp_only:
         print(
@@ -201,16 +252,15 @@ def check(fresh: dict[str, bytes]) -> int:
     return 1
 
 
-def write(fresh: dict[str, bytes]) -> None:
+def write(fresh: dict[Path, bytes]) -> None:
     """Replace the committed stubs with fresh ones; add missing package markers."""
-    target = API_ROOT / PROTO_PACKAGE_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    for name in sorted(committed_stubs(target).keys() - fresh.keys()):
-        (target / name).unlink()
-        print(f"removed {target.relative_to(ROOT) / name}")
+    for name in sorted(committed_stubs().keys() - fresh.keys()):
+        (API_ROOT / name).unlink()
+        print(f"removed {(API_ROOT / name).relative_to(ROOT)}")
     changed = 0
     for name, content in sorted(fresh.items()):
-        path = target / name
+        path = API_ROOT / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_bytes() != content:
             path.write_bytes(content)
             changed += 1
@@ -218,7 +268,7 @@ def write(fresh: dict[str, bytes]) -> None:
         path = API_ROOT / init
         if not path.exists():
             path.write_text(text, encoding="utf-8")
-    print(f"protos: {changed} of {len(fresh)} files written to {target.relative_to(ROOT)}")
+    print(f"protos: {changed} of {len(fresh)} files written to {API_ROOT.relative_to(ROOT)}")
 
 
 def main(argv: list[str] | None = None) -> int:

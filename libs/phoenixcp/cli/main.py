@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the local stack: NATS, etcd, a CA and all services")
     up.add_argument("--replicas", type=_positive, default=1, help="replicas of each service")
     up.add_argument("--state-dir", default=None, help=state_help)
+    up.add_argument("--backend", action="append", default=[], type=_backend,
+                    metavar="remote-write=URL|otlp=HOST:PORT",
+                    help="where the pipeline forwards (repeatable); default: a built-in sink "
+                         "that counts what it receives")
     up.add_argument("--vault", action="store_true",
                     help="run OpenBao (bao server -dev) and take every certificate from its PKI "
                          "engine instead of the local CA (needs the vault extra)")
@@ -44,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.add_argument("--state-dir", default=None, help=state_help)
     return parser
+
+
+def _backend(text: str) -> object:
+    from phoenixcp.cli.stack import Backend
+
+    try:
+        return Backend.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
@@ -66,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from phoenixcp.cli.up import run_up
 
         sys.exit(run_up(state_dir=_state_dir(args.state_dir), replicas=args.replicas,
-                        timeout=args.timeout, vault=args.vault))
+                        timeout=args.timeout, vault=args.vault, backends=args.backend))
     if args.command == "status":
         from phoenixcp.cli.status import run_status
 

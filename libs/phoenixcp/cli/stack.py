@@ -19,10 +19,12 @@ life, so they die with it); ``stop`` is idempotent and stops services first, the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,12 +42,13 @@ from phoenixcp.platform.embedded import (
     EmbeddedEtcd,
     EmbeddedNats,
     die_with_parent_hook,
+    free_port,
 )
 from phoenixcp.platform.rpc import health_status
 from phoenixcp.platform.secrets import VaultCertificates, VaultClient, VaultConfig, ensure_pki
 from phoenixcp.platform.tls import CertBundle, CertificateSource, LocalCA
 
-__all__ = ["ENDPOINTS_FILE", "LocalStack", "ServiceProcess", "read_endpoints"]
+__all__ = ["ENDPOINTS_FILE", "Backend", "LocalStack", "ServiceProcess", "read_endpoints"]
 
 ENDPOINTS_FILE = "endpoints.json"
 _OPERATOR_CERT_TTL = dt.timedelta(days=30)
@@ -64,6 +67,83 @@ def operator_bundle(endpoints: dict[str, Any]) -> CertBundle:
         cert_pem=Path(tls["cert"]).read_bytes(),
         key_pem=Path(tls["key"]).read_bytes(),
     )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where the pipeline forwards: ``remote-write=URL`` or ``otlp=HOST:PORT`` on the CLI."""
+
+    type: str
+    endpoint: str
+
+    @classmethod
+    def parse(cls, text: str) -> Backend:
+        kind, sep, endpoint = text.partition("=")
+        if not sep or kind not in ("remote-write", "otlp") or not endpoint:
+            raise ValueError(f"{text!r} is not a backend; use remote-write=URL or "
+                             "otlp=HOST:PORT, e.g. remote-write=http://127.0.0.1:8428/api/v1/write")
+        return cls(kind, endpoint)
+
+    def exporter(self, index: int) -> dict[str, Any]:
+        # Prometheus-compatible backends refuse out-of-order samples: one request in flight.
+        return {"name": f"{self.type}-{index}", "type": self.type, "endpoint": self.endpoint,
+                "concurrency": 1 if self.type == "remote-write" else 4}
+
+
+class SinkProcess:
+    """The built-in counting sink ``up`` forwards to when no backend is given."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.port = 0
+        self.log_path = state_dir / "logs" / "counting-sink.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, python: str, timeout: float = 10.0) -> None:
+        self.port = free_port()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [python, "-m", "phoenixcp.platform.export.sink", "--port", str(self.port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent_hook())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StartupError(f"the counting sink exited; its log is {self.log_path}",
+                                   name="counting-sink")
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        raise StartupError("the counting sink did not start in time", name="counting-sink")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _port_or_free(port: int) -> int:
+    if port and _is_free(port):
+        return port
+    return free_port()
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -93,7 +173,8 @@ class ServiceProcess:
         return self.state_dir / "run" / f"{self.replica}.json"
 
     def write_config(self, *, nats_url: str, etcd_endpoint: str,
-                     tls: dict[str, Any] | None = None) -> None:
+                     tls: dict[str, Any] | None = None,
+                     pipeline: dict[str, Any] | None = None) -> None:
         config = {
             "service": self.identity.name,
             "replica": self.replica,
@@ -104,6 +185,7 @@ class ServiceProcess:
             "nats": {"url": nats_url},
             "etcd": {"endpoints": [etcd_endpoint]},
             **(tls or {"tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")}}),
+            **({"pipeline": pipeline} if pipeline else {}),
         }
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -157,7 +239,8 @@ class LocalStack:
 
     def __init__(self, *, state_dir: Path, replicas: int = 1, python: str | None = None,
                  stop_grace: float = 15.0, services: Sequence[str] | None = None,
-                 vault: bool = False) -> None:
+                 vault: bool = False, backends: Sequence[Backend] = (),
+                 pipeline: dict[str, Any] | None = None) -> None:
         self.state_dir = state_dir.resolve()
         self.replicas = replicas
         self._python = python or sys.executable
@@ -166,6 +249,9 @@ class LocalStack:
         self.etcd = EmbeddedEtcd(data_dir=self.state_dir / "etcd")
         self.bao = EmbeddedBao(data_dir=self.state_dir / "bao") if vault else None
         self._vault_token_file = self.state_dir / "bao" / "token"
+        self.backends = tuple(backends)
+        self._pipeline_overrides = dict(pipeline or {})
+        self.sink: SinkProcess | None = None if backends else SinkProcess(self.state_dir)
         chosen = [s for s in SERVICES if services is None or s.name in services]
         self.processes = [
             ServiceProcess(identity, i, self.state_dir)
@@ -180,6 +266,8 @@ class LocalStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.nats.start()
         self.etcd.start()
+        if self.sink is not None:
+            self.sink.start(python=self._python)
         source: CertificateSource
         if self.bao is None:
             source = LocalCA.open(self.state_dir / "ca")
@@ -197,6 +285,23 @@ class LocalStack:
         assert self.bao is not None
         return VaultConfig(addr=self.bao.addr, token_file=self._vault_token_file)
 
+    def _pipeline_config(self, proc: ServiceProcess) -> dict[str, Any] | None:
+        if proc.identity.name != "metrics-pipeline":
+            return None
+        backends = self.backends or (Backend("remote-write", self.sink_url()),)
+        first = proc.index == 0
+        return {
+            # The standard OTLP ports when free (first replica), else any free port.
+            "otlp_grpc_listen": f"127.0.0.1:{_port_or_free(4317 if first else 0)}",
+            "http_listen": f"127.0.0.1:{_port_or_free(4318 if first else 0)}",
+            "exporters": [b.exporter(i) for i, b in enumerate(backends)],
+            **self._pipeline_overrides,
+        }
+
+    def sink_url(self) -> str:
+        assert self.sink is not None
+        return f"{self.sink.url}/api/v1/write"
+
     def _service_tls(self) -> dict[str, Any]:
         if self.bao is None:
             return {"tls": {"source": "local-ca", "ca_dir": str(self.state_dir / "ca")}}
@@ -208,7 +313,7 @@ class LocalStack:
         self.prepare()
         for proc in self.processes:
             proc.write_config(nats_url=self.nats.url, etcd_endpoint=self.etcd.endpoint,
-                              tls=self._service_tls())
+                              tls=self._service_tls(), pipeline=self._pipeline_config(proc))
             proc.start(python=self._python)
         deadline = time.monotonic() + timeout
         await asyncio.gather(*(self._wait_serving(p, deadline) for p in self.processes))
@@ -249,6 +354,7 @@ class LocalStack:
                 "pid": proc.pid,
                 "replica": proc.replica,
                 "log": str(proc.log_path),
+                **({"ingest": proc.announced["ingest"]} if "ingest" in proc.announced else {}),
             })
         return {
             "services": services,
@@ -260,6 +366,9 @@ class LocalStack:
             "pids": {"nats": self.nats.pid, "etcd": self.etcd.pid,
                      **({"bao": self.bao.pid} if self.bao else {})},
             **({"vault": self.bao.addr} if self.bao else {}),
+            "backends": [{"type": b.type, "endpoint": b.endpoint} for b in self.backends]
+            or [{"type": "counting-sink", "endpoint": self.sink_url(),
+                 "stats": f"{self.sink.url}/stats" if self.sink else ""}],
         }
 
     def _write_endpoints(self) -> None:
@@ -283,6 +392,8 @@ class LocalStack:
         deadline = time.monotonic() + self._stop_grace
         for proc in self.processes:
             proc.wait_or_kill(deadline)
+        if self.sink is not None:
+            self.sink.stop()
         if self.bao is not None:
             self.bao.stop()
         self.etcd.stop()

@@ -7,9 +7,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from phoenixcp.cli.stack import ENDPOINTS_FILE, LocalStack, read_endpoints
+from phoenixcp.cli.stack import ENDPOINTS_FILE, Backend, LocalStack, read_endpoints
 from phoenixcp.errors import PhoenixError, StartupError
 
 __all__ = ["run_up"]
@@ -29,14 +31,15 @@ def _already_running(state_dir: Path) -> int | None:
     return pid
 
 
-def run_up(*, state_dir: Path, replicas: int, timeout: float, vault: bool = False) -> int:
+def run_up(*, state_dir: Path, replicas: int, timeout: float, vault: bool = False,
+           backends: Sequence[Backend] = ()) -> int:
     """Start the stack and block until a signal; return the exit code."""
     running = _already_running(state_dir)
     if running is not None:
         print(f"phoenixctl up: a Phoenix stack is already running from {state_dir} (pid "
               f"{running}); stop it first or pass another --state-dir", file=sys.stderr)
         return 1
-    stack = LocalStack(state_dir=state_dir, replicas=replicas, vault=vault)
+    stack = LocalStack(state_dir=state_dir, replicas=replicas, vault=vault, backends=backends)
     stop = _StopSignal()
     started = time.monotonic()
     try:
@@ -122,7 +125,24 @@ def _table(stack: LocalStack, seconds: float) -> str:
         *([f"vault      {endpoints['vault']} (certificates from its PKI engine; root token in "
            f"{stack.state_dir / 'bao' / 'token'})"] if "vault" in endpoints else []),
         f"tls        ca={tls['ca']} cert={tls['cert']} key={tls['key']} (operator client cert)",
+        *_ingest_lines(endpoints),
         f"endpoints  {stack.state_dir / ENDPOINTS_FILE}",
         "",
         "Try: phoenixctl status     Stop: Ctrl-C",
     ])
+
+
+def _ingest_lines(endpoints: dict[str, Any]) -> list[str]:
+    lines = []
+    for replica in endpoints["services"].get("metrics-pipeline", []):
+        ingest = replica.get("ingest") or {}
+        if ingest:
+            lines.append(f"ingest     {replica['replica']}: OTLP/gRPC {ingest['otlp_grpc']}  "
+                         f"OTLP/HTTP {ingest['otlp_http']}  remote-write {ingest['remote_write']}")
+    for backend in endpoints.get("backends", []):
+        if backend["type"] == "counting-sink":
+            lines.append(f"backend    built-in counting sink {backend['endpoint']} (forwards "
+                         f"nothing; counts at {backend['stats']}); use --backend to send on")
+        else:
+            lines.append(f"backend    {backend['type']} {backend['endpoint']}")
+    return lines

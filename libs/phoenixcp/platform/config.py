@@ -77,6 +77,7 @@ __all__ = [
     "ServiceConfig",
     "TLSConfig",
     "VaultConfig",
+    "dialable_host",
     "load_service_config",
     "parse_host_port",
 ]
@@ -91,6 +92,13 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not {HOST_PORT_HELP}")
     return host, int(port)
+
+
+def dialable_host(host: str) -> str:
+    """The host a client on this machine dials for a server bound to ``host``."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _check_listen(value: str) -> None:

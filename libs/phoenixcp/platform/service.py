@@ -32,7 +32,7 @@ from phoenixcp.core.acl import default_acl
 from phoenixcp.core.identity import service as service_identity
 from phoenixcp.errors import NotLeader, Unavailable
 from phoenixcp.platform.cluster import ClusterMember
-from phoenixcp.platform.config import ServiceConfig, parse_host_port
+from phoenixcp.platform.config import ServiceConfig, dialable_host, parse_host_port
 from phoenixcp.platform.coord import LeaderOnly
 from phoenixcp.platform.metrics_http import MetricsServer
 from phoenixcp.platform.probes import DependencyProbe, EtcdProbe, NatsProbe
@@ -139,6 +139,8 @@ class ServiceApp:
         self._metrics: MetricsServer | None = None
         self._renewer: CertificateRenewer | None = None
         self._bundle: CertBundle | None = None
+        self.tls_identity: RotatingIdentity | None = None
+        """This replica's certificate once ``run`` has taken it; components may serve with it."""
         self._shutdown_done = False
         self._define_metrics()
 
@@ -187,6 +189,7 @@ class ServiceApp:
         self._bundle = await asyncio.to_thread(source.issue, config.service,
                                                ttl=config.tls.cert_ttl)
         identity = RotatingIdentity(self._bundle)
+        self.tls_identity = identity
         self._cert_expiry.set(self._bundle.not_after.timestamp())
         self._renewer = CertificateRenewer(source=source, identity=identity, name=config.service,
                                            ttl=config.tls.cert_ttl, on_renewed=self._renewed)
@@ -303,7 +306,7 @@ class ServiceApp:
 
     def _grpc_address(self) -> str:
         host, _ = parse_host_port(self.config.grpc.listen)
-        return f"{_dialable(host)}:{self.grpc_port}"
+        return f"{dialable_host(host)}:{self.grpc_port}"
 
     def _announce(self) -> None:
         path = self.config.announce_file
@@ -314,7 +317,7 @@ class ServiceApp:
             "service": self.config.service,
             "replica": self.config.replica_id,
             "grpc": self._grpc_address(),
-            "metrics": f"http://{_dialable(mhost)}:{self._metrics.bound_port}/metrics",
+            "metrics": f"http://{dialable_host(mhost)}:{self._metrics.bound_port}/metrics",
             "pid": os.getpid(),
         }
         ingest: dict[str, str] = {}
@@ -354,12 +357,6 @@ class ServiceApp:
             with contextlib.suppress(FileNotFoundError):
                 self.config.announce_file.unlink()
         log.info("stopped")
-
-
-def _dialable(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def _write_json_atomic(path: Path, record: dict[str, object]) -> None:

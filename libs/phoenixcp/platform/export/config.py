@@ -1,0 +1,89 @@
+"""Exporter and export-worker settings: frozen, validated, durations as ``timedelta``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from phoenixcp.errors import ConfigError
+
+__all__ = ["ExportWorkerConfig", "OtlpExporterConfig", "RemoteWriteConfig"]
+
+
+def _positive(prefix: str, obj: object, *keys: str) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if value <= (timedelta(0) if isinstance(value, timedelta) else 0):
+            raise ConfigError(f"{prefix}.{key}: must be positive (got {value})", key=key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteWriteConfig:
+    """A Prometheus remote-write 1.0 backend (VictoriaMetrics, Prometheus, Mimir)."""
+
+    url: str
+    name: str = "remote-write"
+    timeout: timedelta = timedelta(seconds=30)
+    #: Send ``X-Scope-OrgID: <tenant>`` (Mimir, multi-tenant VictoriaMetrics); off for a
+    #: single-tenant backend.
+    tenant_header: bool = False
+    #: Extra request headers (e.g. Authorization).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Most keep-alive connections to the backend.
+    max_connections: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"export.url: {self.url!r} is not an http:// or https:// URL",
+                              key="url")
+        _positive("export", self, "timeout", "max_connections")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtlpExporterConfig:
+    """An OTLP/gRPC metrics receiver (a collector or a vendor)."""
+
+    target: str
+    name: str = "otlp"
+    timeout: timedelta = timedelta(seconds=30)
+    #: TLS: off when ``insecure``; else verified against ``ca_file`` (system roots if None),
+    #: with a client certificate when ``cert_file`` and ``key_file`` are set.
+    insecure: bool = True
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Send the tenant as ``x-scope-orgid`` gRPC metadata.
+    tenant_header: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if ":" not in self.target:
+            raise ConfigError(f"export.target: {self.target!r} is not HOST:PORT", key="target")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("export.cert_file: needs key_file too (and the reverse)",
+                              key="cert_file")
+        _positive("export", self, "timeout")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportWorkerConfig:
+    """How one worker drains its queue into its exporter."""
+
+    #: A request carries at most this many samples (records are not split) ...
+    max_samples: int = 10_000
+    #: ... and at most about this many uncompressed bytes.
+    max_bytes: int = 4 << 20
+    #: A partial batch is sent once its first record has waited this long.
+    flush_interval: timedelta = timedelta(seconds=1)
+    #: Requests in flight at once. Use 1 for Prometheus, which refuses out-of-order samples.
+    concurrency: int = 4
+    #: Retry backoff: exponential from ``backoff_initial`` up to ``backoff_max``, plus jitter.
+    backoff_initial: timedelta = timedelta(milliseconds=100)
+    backoff_max: timedelta = timedelta(seconds=30)
+
+    def __post_init__(self) -> None:
+        _positive("export", self, "max_samples", "max_bytes", "flush_interval",
+                  "concurrency", "backoff_initial", "backoff_max")
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError("export.backoff_max: must not be below backoff_initial",
+                              key="backoff_max")

@@ -1,0 +1,391 @@
+/*
+ * _wirescan: scan and validate a Prometheus remote-write WriteRequest in one pass over its
+ * bytes, without building a Python object per series or sample (docs/adr/0005).
+ *
+ *   scan(buffer) -> (keys: bytes, samples: int, histograms: int, metadata: int)
+ *
+ * `keys` holds one native-endian uint64 per TimeSeries: xxh64 (seed 0) of the series'
+ * canonical label bytes (phoenixcp.core.series). On invalid input it raises
+ * ValueError(kind: str, series_index: int, detail: bytes); the Python wrapper
+ * (remote_write.py) turns that into a message. The pure-Python fallback (_wirescan_py.py)
+ * implements the same contract and the tests run both.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- xxh64 (the reference algorithm by Yann Collet, BSD-2) ---- */
+#define P1 0x9E3779B185EBCA87ULL
+#define P2 0xC2B2AE3D27D4EB4FULL
+#define P3 0x165667B19E3779F9ULL
+#define P4 0x85EBCA77C2B2AE63ULL
+#define P5 0x27D4EB2F165667C5ULL
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t xround(uint64_t acc, uint64_t in) {
+    acc += in * P2; acc = rotl64(acc, 31); return acc * P1;
+}
+static inline uint64_t xmerge(uint64_t acc, uint64_t v) {
+    acc ^= xround(0, v); return acc * P1 + P4;
+}
+
+static uint64_t xxh64(const uint8_t *p, size_t len) {
+    const uint8_t *end = p + len;
+    uint64_t h;
+    if (len >= 32) {
+        const uint8_t *limit = end - 32;
+        uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = (uint64_t)0 - P1;
+        do {
+            v1 = xround(v1, rd64(p)); v2 = xround(v2, rd64(p + 8));
+            v3 = xround(v3, rd64(p + 16)); v4 = xround(v4, rd64(p + 24));
+            p += 32;
+        } while (p <= limit);
+        h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
+        h = xmerge(h, v1); h = xmerge(h, v2); h = xmerge(h, v3); h = xmerge(h, v4);
+    } else {
+        h = P5;
+    }
+    h += (uint64_t)len;
+    while (p + 8 <= end) { h ^= xround(0, rd64(p)); h = rotl64(h, 27) * P1 + P4; p += 8; }
+    if (p + 4 <= end) { h ^= (uint64_t)rd32(p) * P1; h = rotl64(h, 23) * P2 + P3; p += 4; }
+    while (p < end) { h ^= (*p) * P5; h = rotl64(h, 11) * P1; p++; }
+    h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32;
+    return h;
+}
+
+/* ---- wire format ---- */
+typedef struct { const uint8_t *p, *end; } cur_t;
+
+typedef struct {
+    const char *kind;
+    Py_ssize_t series;
+    const uint8_t *detail;
+    Py_ssize_t detail_len;
+} err_t;
+
+static int fail(err_t *e, const char *kind, Py_ssize_t series, const void *d, Py_ssize_t n) {
+    e->kind = kind; e->series = series; e->detail = (const uint8_t *)d; e->detail_len = n;
+    return -1;
+}
+#define MALFORMED(e, s, msg) fail((e), "malformed", (s), (msg), (Py_ssize_t)strlen(msg))
+
+#define HOT static inline __attribute__((always_inline))
+
+HOT int varint(cur_t *c, uint64_t *out) {
+    if (c->p < c->end && *c->p < 0x80) { *out = *c->p++; return 0; }
+    uint64_t v = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (c->p >= c->end) return -1;
+        uint8_t b = *c->p++;
+        v |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) { *out = v; return 0; }
+    }
+    return -1;
+}
+
+/* Read a tag and, for wire type 2, the payload bounds; skip other wire types' payloads. */
+HOT int field(cur_t *c, uint32_t *num, uint32_t *wt, cur_t *sub) {
+    uint64_t tag, n;
+    if (varint(c, &tag) < 0 || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF) return -1;
+    *num = (uint32_t)(tag >> 3); *wt = (uint32_t)(tag & 7);
+    switch (*wt) {
+    case 0: return varint(c, &n);
+    case 1: if (c->end - c->p < 8) return -1; c->p += 8; return 0;
+    case 5: if (c->end - c->p < 4) return -1; c->p += 4; return 0;
+    case 2:
+        if (varint(c, &n) < 0 || n > (uint64_t)(c->end - c->p)) return -1;
+        sub->p = c->p; sub->end = c->p + n; c->p += n; return 0;
+    default: return -1; /* groups (3, 4) and 6, 7 are not valid here */
+    }
+}
+
+static int utf8_ok(const uint8_t *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i + 8 <= n) { /* ASCII fast path, 8 bytes at a time */
+        uint64_t w; memcpy(&w, s + i, 8);
+        if (w & 0x8080808080808080ULL) break;
+        i += 8;
+    }
+    while (i < n) {
+        uint8_t b = s[i];
+        if (b < 0x80) { i++; continue; }
+        int len; uint32_t cp;
+        if ((b & 0xE0) == 0xC0) { len = 2; cp = b & 0x1F; }
+        else if ((b & 0xF0) == 0xE0) { len = 3; cp = b & 0x0F; }
+        else if ((b & 0xF8) == 0xF0) { len = 4; cp = b & 0x07; }
+        else return 0;
+        if (i + len > n) return 0;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000)
+            || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+static unsigned char LABEL_FIRST[256], LABEL_REST[256], METRIC_FIRST[256], METRIC_REST[256];
+
+static void init_tables(void) {
+    for (int c = 0; c < 256; c++) {
+        int alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+        int digit = c >= '0' && c <= '9';
+        LABEL_FIRST[c] = alpha; LABEL_REST[c] = alpha || digit;
+        METRIC_FIRST[c] = alpha || c == ':'; METRIC_REST[c] = alpha || digit || c == ':';
+    }
+}
+
+HOT int name_ok(const uint8_t *s, Py_ssize_t n, const unsigned char *first,
+                   const unsigned char *rest) {
+    if (n == 0 || !first[s[0]]) return 0;
+    for (Py_ssize_t i = 1; i < n; i++) if (!rest[s[i]]) return 0;
+    return 1;
+}
+
+typedef struct { const uint8_t *name, *value; Py_ssize_t nlen, vlen; } label_t;
+
+static size_t varint_len(uint64_t v) { size_t n = 1; while (v >= 0x80) { v >>= 7; n++; } return n; }
+
+HOT int label_cmp(const label_t *a, const label_t *b) {
+    Py_ssize_t n = a->nlen < b->nlen ? a->nlen : b->nlen;
+    for (Py_ssize_t i = 0; i < n; i++)  /* names are short: no libc call */
+        if (a->name[i] != b->name[i]) return (int)a->name[i] - (int)b->name[i];
+    return (a->nlen > b->nlen) - (a->nlen < b->nlen);
+}
+
+/* Parse one Label message; values (and, with check_name, names) must be UTF-8. Returns 1
+ * when the Label is encoded exactly as its canonical form (name then non-empty value,
+ * minimal lengths, nothing else), 0 when not, -1 on error. */
+HOT int parse_label(cur_t c, label_t *l, err_t *e, Py_ssize_t si, int check_name) {
+    uint32_t num, wt; cur_t sub;
+    const uint8_t *start = c.p, *end = c.end;
+    l->name = l->value = (const uint8_t *)""; l->nlen = l->vlen = 0;
+    /* fast path: 0x0a len name 0x12 len value, one-byte lengths */
+    if (end - start >= 4 && start[0] == 0x0a && start[1] < 0x80
+        && start[1] + 4 <= end - start && start[2 + start[1]] == 0x12
+        && start[3 + start[1]] < 0x80 && 4 + start[1] + start[3 + start[1]] == end - start) {
+        l->name = start + 2; l->nlen = start[1];
+        l->value = start + 4 + start[1]; l->vlen = start[3 + start[1]];
+        if (check_name && !utf8_ok(l->name, l->nlen)) return fail(e, "utf8_name", si, NULL, 0);
+        if (!utf8_ok(l->value, l->vlen)) return fail(e, "utf8_value", si, l->name, l->nlen);
+        return l->vlen > 0;
+    }
+    while (c.p < c.end) {
+        if (field(&c, &num, &wt, &sub) < 0) return MALFORMED(e, si, "bad field in a Label");
+        if (num == 1 || num == 2) {
+            if (wt != 2) return MALFORMED(e, si, "Label field with the wrong wire type");
+            if (num == 1) { l->name = sub.p; l->nlen = sub.end - sub.p; }
+            else { l->value = sub.p; l->vlen = sub.end - sub.p; }
+        }
+    }
+    if (check_name && !utf8_ok(l->name, l->nlen)) return fail(e, "utf8_name", si, NULL, 0);
+    if (!utf8_ok(l->value, l->vlen)) return fail(e, "utf8_value", si, l->name, l->nlen);
+    return 0;
+}
+
+static int check_numbers(cur_t c, err_t *e, Py_ssize_t si, const char *what) {
+    /* A Sample or similar: any fields, but well-formed. */
+    uint32_t num, wt; cur_t sub;
+    while (c.p < c.end) if (field(&c, &num, &wt, &sub) < 0) return MALFORMED(e, si, what);
+    return 0;
+}
+
+typedef struct {
+    label_t *labels; Py_ssize_t cap;
+    uint8_t *canon; Py_ssize_t canon_cap;
+} scratch_t;
+
+static int grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    Py_ssize_t n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    void *p = realloc(*buf, (size_t)n * elem);
+    if (!p) return -1;
+    *buf = p; *cap = n; return 0;
+}
+
+static size_t put_varint(uint8_t *o, uint64_t v) {
+    size_t i = 0;
+    while (v >= 0x80) { o[i++] = (uint8_t)(v | 0x80); v >>= 7; }
+    o[i++] = (uint8_t)v; return i;
+}
+
+/* One TimeSeries: validate labels, count samples/histograms, compute its key. */
+static int scan_series(cur_t c, Py_ssize_t si, scratch_t *s, uint64_t *key,
+                       uint64_t *samples, uint64_t *histograms, err_t *e) {
+    uint32_t num, wt; cur_t sub;
+    Py_ssize_t n = 0;
+    int sorted = 1, canonical = 1, r;
+    const uint8_t *region = NULL, *region_end = NULL; /* the label fields, when contiguous */
+    while (c.p < c.end) {
+        const uint8_t *field_start = c.p;
+        if (field(&c, &num, &wt, &sub) < 0) return MALFORMED(e, si, "bad field in a TimeSeries");
+        if (num >= 1 && num <= 4 && wt != 2)
+            return MALFORMED(e, si, "TimeSeries field with the wrong wire type");
+        if (num == 1) {
+            if (grow((void **)&s->labels, &s->cap, n + 1, sizeof(label_t)) < 0) return -2;
+            if ((r = parse_label(sub, &s->labels[n], e, si, 0)) < 0) return -1;
+            if (!r || *field_start != 0x0a) canonical = 0;
+            if (region == NULL) region = field_start;
+            else if (region_end != field_start) canonical = 0;
+            region_end = c.p;
+            if (n && sorted && label_cmp(&s->labels[n - 1], &s->labels[n]) >= 0) sorted = 0;
+            n++;
+        } else if (num == 2) {
+            if (check_numbers(sub, e, si, "bad field in a Sample") < 0) return -1;
+            (*samples)++;
+        } else if (num == 3) {
+            while (sub.p < sub.end) {
+                cur_t lab; uint32_t xn, xw; label_t l;
+                if (field(&sub, &xn, &xw, &lab) < 0)
+                    return MALFORMED(e, si, "bad field in an Exemplar");
+                if (xn == 1) {
+                    if (xw != 2) return MALFORMED(e, si, "Exemplar field with the wrong wire type");
+                    if (parse_label(lab, &l, e, si, 1) < 0) return -1;
+                }
+            }
+        } else if (num == 4) {
+            if (check_numbers(sub, e, si, "bad field in a Histogram") < 0) return -1;
+            (*histograms)++;
+        }
+    }
+    if (n == 0) return fail(e, "no_labels", si, NULL, 0);
+    label_t *L = s->labels;
+    if (!sorted) { /* insertion sort: label sets are small */
+        for (Py_ssize_t i = 1; i < n; i++) {
+            label_t t = L[i]; Py_ssize_t j = i;
+            while (j > 0 && label_cmp(&L[j - 1], &t) > 0) { L[j] = L[j - 1]; j--; }
+            L[j] = t;
+        }
+    }
+    Py_ssize_t total = 0;
+    int have_name = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i && label_cmp(&L[i - 1], &L[i]) == 0)
+            return fail(e, "duplicate_label", si, L[i].name, L[i].nlen);
+        if (!name_ok(L[i].name, L[i].nlen, LABEL_FIRST, LABEL_REST)) {
+            if (!utf8_ok(L[i].name, L[i].nlen)) return fail(e, "utf8_name", si, NULL, 0);
+            return fail(e, "bad_label_name", si, L[i].name, L[i].nlen);
+        }
+        if (L[i].nlen == 8 && memcmp(L[i].name, "__name__", 8) == 0) {
+            have_name = 1;
+            if (L[i].vlen == 0) return fail(e, "empty_name", si, NULL, 0);
+            if (!name_ok(L[i].value, L[i].vlen, METRIC_FIRST, METRIC_REST))
+                return fail(e, "bad_metric_name", si, L[i].value, L[i].vlen);
+        } else if (L[i].nlen >= 2 && L[i].name[0] == '_' && L[i].name[1] == '_') {
+            return fail(e, "reserved_label_name", si, L[i].name, L[i].nlen);
+        }
+        if (L[i].vlen && !(canonical && sorted)) {
+            Py_ssize_t entry = 2 + (Py_ssize_t)varint_len((uint64_t)L[i].nlen) + L[i].nlen
+                + (Py_ssize_t)varint_len((uint64_t)L[i].vlen) + L[i].vlen;
+            total += 1 + (Py_ssize_t)varint_len((uint64_t)entry) + entry;
+        }
+    }
+    if (!have_name) return fail(e, "no_name", si, NULL, 0);
+    if (canonical && sorted) { /* the bytes as sent are the canonical bytes: hash in place */
+        *key = xxh64(region, (size_t)(region_end - region));
+        return 0;
+    }
+    if (grow((void **)&s->canon, &s->canon_cap, total + 1, 1) < 0) return -2;
+    uint8_t *o = s->canon;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!L[i].vlen) continue;
+        Py_ssize_t entry = 2 + (Py_ssize_t)varint_len((uint64_t)L[i].nlen) + L[i].nlen
+            + (Py_ssize_t)varint_len((uint64_t)L[i].vlen) + L[i].vlen;
+        *o++ = 0x0a; o += put_varint(o, (uint64_t)entry);
+        *o++ = 0x0a; o += put_varint(o, (uint64_t)L[i].nlen);
+        memcpy(o, L[i].name, (size_t)L[i].nlen); o += L[i].nlen;
+        *o++ = 0x12; o += put_varint(o, (uint64_t)L[i].vlen);
+        memcpy(o, L[i].value, (size_t)L[i].vlen); o += L[i].vlen;
+    }
+    *key = xxh64(s->canon, (size_t)(o - s->canon));
+    return 0;
+}
+
+static int scan_metadata(cur_t c, Py_ssize_t mi, err_t *e) {
+    uint32_t num, wt; cur_t sub;
+    while (c.p < c.end) {
+        if (field(&c, &num, &wt, &sub) < 0) return MALFORMED(e, mi, "bad field in MetricMetadata");
+        if (num == 1 && wt != 0) return MALFORMED(e, mi, "MetricMetadata.type is not a varint");
+        if (num == 2 || num == 4 || num == 5) {
+            if (wt != 2) return MALFORMED(e, mi, "MetricMetadata field with the wrong wire type");
+            if (!utf8_ok(sub.p, sub.end - sub.p)) return fail(e, "utf8_metadata", mi, NULL, 0);
+        }
+    }
+    return 0;
+}
+
+static PyObject *scan(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    cur_t c = {(const uint8_t *)view.buf, (const uint8_t *)view.buf + view.len};
+    scratch_t s = {NULL, 0, NULL, 0};
+    uint64_t *keys = NULL; Py_ssize_t nkeys = 0, kcap = 0, nmeta = 0;
+    uint64_t samples = 0, histograms = 0;
+    err_t e = {NULL, -1, NULL, 0};
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (c.p < c.end) {
+        uint32_t num, wt; cur_t sub;
+        if (field(&c, &num, &wt, &sub) < 0) { rc = MALFORMED(&e, nkeys, "bad field in WriteRequest"); break; }
+        if ((num == 1 || num == 3) && wt != 2) { rc = MALFORMED(&e, nkeys, "WriteRequest field with the wrong wire type"); break; }
+        if (num == 1) {
+            if (grow((void **)&keys, &kcap, nkeys + 1, sizeof(uint64_t)) < 0) { rc = -2; break; }
+            rc = scan_series(sub, nkeys, &s, &keys[nkeys], &samples, &histograms, &e);
+            if (rc) break;
+            nkeys++;
+        } else if (num == 3) {
+            if ((rc = scan_metadata(sub, nmeta, &e))) break;
+            nmeta++;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(s.labels); free(s.canon);
+    if (rc == -2) { free(keys); PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    if (rc) {
+        free(keys);
+        /* detail points into the buffer: build the error before releasing it */
+        PyObject *args = Py_BuildValue("(sny#)", e.kind, e.series,
+                                       e.detail ? (const char *)e.detail : "", e.detail_len);
+        PyBuffer_Release(&view);
+        if (args) { PyErr_SetObject(PyExc_ValueError, args); Py_DECREF(args); }
+        return NULL;
+    }
+    PyBuffer_Release(&view);
+    PyObject *kb = PyBytes_FromStringAndSize((const char *)keys, nkeys * (Py_ssize_t)sizeof(uint64_t));
+    free(keys);
+    if (!kb) return NULL;
+    return Py_BuildValue("(NKKn)", kb, (unsigned long long)samples,
+                         (unsigned long long)histograms, nmeta);
+}
+
+static PyObject *py_xxh64(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint64_t h = xxh64((const uint8_t *)view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_O, "Scan and validate a WriteRequest; see the module source."},
+    {"xxh64", py_xxh64, METH_O, "xxh64 (seed 0) of a buffer, for tests."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_wirescan",
+    "Scan and validate Prometheus remote-write requests in C (docs/adr/0005).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__wirescan(void) {
+    init_tables();
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,187 @@
+"""OTLP ``ExportMetricsServiceRequest`` → :class:`~phoenixcp.core.batch.MetricBatch`.
+
+Follows OpenTelemetry's "Prometheus and OpenMetrics Compatibility" specification, as the
+Collector's Prometheus exporters do, so a user sees the same series either way:
+
+* names per :mod:`.otlp_naming` (unit suffixes, ``_total`` for monotonic cumulative sums);
+* Gauge and non-monotonic cumulative Sum → gauge; monotonic cumulative Sum → counter;
+* cumulative Histogram → ``_bucket{le=...}`` (cumulative counts, ending with ``le="+Inf"``),
+  ``_sum`` (when set), ``_count``; Summary → ``{quantile=...}``, ``_sum``, ``_count``;
+* resource ``service.namespace``/``service.name`` → ``job`` (``ns/name``), ``service.instance.id``
+  → ``instance``; other resource attributes and the scope are dropped (no ``target_info``);
+* data point attributes → labels; timestamps ns → ms; the ``no_recorded_value`` flag → the
+  Prometheus staleness marker.
+
+Refused per data point, counted in the returned :class:`Rejected` (OTLP partial success) while
+the rest is accepted: metrics whose name is empty after sanitising, delta (or unspecified)
+temporality Sums and Histograms (Prometheus stores cumulative values only: use cumulative
+temporality or the Collector's ``deltatocumulative`` processor), ExponentialHistograms (not
+converted yet), histograms whose bucket counts do not match their bounds or whose bounds are
+not increasing, and metrics with no data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
+
+from phoenixcp.api.prometheus import remote_pb2, types_pb2
+from phoenixcp.core.batch import MetricBatch
+from phoenixcp.core.series import STALE_NAN
+from phoenixcp.platform.ingest.columns import decode_columns
+from phoenixcp.platform.ingest.otlp_naming import attribute_labels, metric_name, unit_name
+from phoenixcp.platform.ingest.remote_write import validate_write_request
+
+__all__ = ["Rejected", "decode_otlp"]
+
+_CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+_NO_RECORDED_VALUE = 1
+_MT = types_pb2.MetricMetadata
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """What OTLP's ``partial_success`` reports: refused data points and why (empty if none)."""
+
+    data_points: int = 0
+    message: str = ""
+
+
+class _Writer:
+    """Accumulates series (merged by label set) and metadata into one WriteRequest."""
+
+    def __init__(self) -> None:
+        self.request = remote_pb2.WriteRequest()
+        self.series: dict[tuple[tuple[str, str], ...], types_pb2.TimeSeries] = {}
+        self.families: set[str] = set()
+
+    def add(self, labels: dict[str, str], value: float, ts_ms: int) -> None:
+        key = tuple(sorted(labels.items()))
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = self.request.timeseries.add()
+            for name, label_value in key:
+                series.labels.add(name=name, value=label_value)
+        series.samples.add(value=value, timestamp=ts_ms)
+
+    def family(self, name: str, kind: int, help_text: str, unit: str) -> None:
+        if name not in self.families:
+            self.families.add(name)
+            main, per = unit_name(unit)
+            self.request.metadata.add(
+                type=kind, metric_family_name=name, help=help_text,
+                unit=f"{main}_per_{per}" if per else main,
+            )
+
+
+def _value(point: object) -> float:
+    if point.flags & _NO_RECORDED_VALUE:  # type: ignore[attr-defined]
+        return STALE_NAN
+    if point.WhichOneof("value") == "as_int":  # type: ignore[attr-defined]
+        return float(point.as_int)  # type: ignore[attr-defined]
+    return float(point.as_double)  # type: ignore[attr-defined]
+
+
+def _le(bound: float) -> str:
+    return str(np.format_float_positional(bound, trim="-"))
+
+
+def _metric(w: _Writer, metric: Metric, base: dict[str, str]) -> tuple[int, str]:
+    """Write one metric's points; return (points refused, reason)."""
+    kind = metric.WhichOneof("data")
+    if kind is None:
+        return 0, ""
+    points = getattr(metric, kind).data_points
+    counter = kind == "sum" and metric.sum.is_monotonic
+    name = metric_name(metric.name, metric.unit, counter=counter,
+                       gauge=kind in ("gauge", "sum") and not counter)
+    if not name:
+        return len(points), f"metric {metric.name!r}: the name is empty after sanitising"
+    if kind == "exponential_histogram":
+        return len(points), (f"metric {metric.name!r}: exponential histograms are not "
+                             "supported; send explicit-bucket histograms")
+    if kind in ("sum", "histogram") and getattr(metric, kind).aggregation_temporality != (
+            _CUMULATIVE):
+        return len(points), (f"metric {metric.name!r}: only cumulative temporality is "
+                             "supported (Prometheus stores cumulative values); configure the "
+                             "SDK for cumulative or use the deltatocumulative processor")
+    meta_type = {"gauge": _MT.GAUGE, "sum": _MT.COUNTER if counter else _MT.GAUGE,
+                 "histogram": _MT.HISTOGRAM, "summary": _MT.SUMMARY}[kind]
+    w.family(name, meta_type, metric.description, metric.unit)
+    refused, reason = 0, ""
+    for p in points:
+        labels = {**attribute_labels(p.attributes), **base, "__name__": name}
+        ts = p.time_unix_nano // 1_000_000
+        stale = bool(p.flags & _NO_RECORDED_VALUE)
+        if kind in ("gauge", "sum"):
+            w.add(labels, _value(p), ts)
+        elif kind == "histogram":
+            bounds, counts = list(p.explicit_bounds), list(p.bucket_counts)
+            if (counts and len(counts) != len(bounds) + 1) or any(
+                    b >= c for b, c in pairwise(bounds)):
+                refused += 1
+                reason = (f"metric {metric.name!r}: histogram has {len(counts)} bucket counts "
+                          f"for {len(bounds)} bounds (needs bounds + 1, bounds increasing)")
+                continue
+            running = 0
+            for bound, count in zip([*bounds, float("inf")], counts or [p.count], strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else _le(bound)
+                w.add({**labels, "__name__": name + "_bucket", "le": le},
+                      STALE_NAN if stale else float(running), ts)
+            if p.HasField("sum"):
+                w.add({**labels, "__name__": name + "_sum"}, STALE_NAN if stale else p.sum, ts)
+            w.add({**labels, "__name__": name + "_count"}, STALE_NAN if stale else p.count, ts)
+        else:  # summary
+            for q in p.quantile_values:
+                w.add({**labels, "quantile": _le(q.quantile)},
+                      STALE_NAN if stale else q.value, ts)
+            w.add({**labels, "__name__": name + "_sum"}, STALE_NAN if stale else p.sum, ts)
+            w.add({**labels, "__name__": name + "_count"}, STALE_NAN if stale else p.count, ts)
+    return refused, reason
+
+
+def decode_otlp(
+    request: ExportMetricsServiceRequest, *, tenant: str, received_at: int | None = None
+) -> tuple[MetricBatch, Rejected]:
+    """Translate an OTLP export into a batch, and what was refused (partial success).
+
+    Never raises for bad points: they are counted in :class:`Rejected`. Pure CPU work.
+    """
+    start = time.monotonic_ns() if received_at is None else received_at
+    w = _Writer()
+    refused = 0
+    reasons: Counter[str] = Counter()
+    for rm in request.resource_metrics:
+        res = {kv.key: kv.value.string_value for kv in rm.resource.attributes
+               if kv.key in ("service.name", "service.namespace", "service.instance.id")}
+        base: dict[str, str] = {}
+        if res.get("service.name"):
+            ns = res.get("service.namespace")
+            base["job"] = f"{ns}/{res['service.name']}" if ns else res["service.name"]
+        if res.get("service.instance.id"):
+            base["instance"] = res["service.instance.id"]
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                n, reason = _metric(w, metric, base)
+                if n:
+                    refused += n
+                    reasons[reason] += n
+    data = w.request.SerializeToString()
+    keys, samples, _, metadata = validate_write_request(data)
+    batch = MetricBatch(tenant=tenant, write_request=data, series_keys=keys,
+                        sample_count=samples, metadata_count=metadata, received_at=start,
+                        decoder=decode_columns)
+    if not refused:
+        return batch, Rejected()
+    detail = "; ".join(f"{r} ({n} points)" for r, n in reasons.most_common(3))
+    more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
+    return batch, Rejected(refused, f"{refused} data points rejected: {detail}{more}")

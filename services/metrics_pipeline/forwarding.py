@@ -1,0 +1,114 @@
+"""One durable queue and one export worker per configured backend.
+
+An accepted batch is appended to every exporter's queue before the sender gets its answer,
+so it survives a backend outage and a crash of this process. A full queue pushes back with
+:class:`~phoenixcp.errors.ResourceExhausted` (429 / RESOURCE_EXHAUSTED); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from phoenixcp.core.batch import MetricBatch
+from phoenixcp.errors import ResourceExhausted
+from phoenixcp.platform.export import (
+    Exporter,
+    ExportMetrics,
+    ExportWorker,
+    ExportWorkerConfig,
+    OtlpExporter,
+    OtlpExporterConfig,
+    RemoteWriteConfig,
+    RemoteWriteExporter,
+)
+from phoenixcp.platform.pipeline_config import ExporterConfig, PipelineConfig
+from phoenixcp.platform.queue import DurableQueue, FsyncPolicy, QueueConfig, QueueMetrics
+
+__all__ = ["Forwarder"]
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_BYTES = 16 * 1024 * 1024
+
+
+def _exporter(config: ExporterConfig) -> Exporter:
+    if config.type == "otlp":
+        return OtlpExporter(config=OtlpExporterConfig(
+            target=config.endpoint, name=config.name, timeout=config.timeout,
+            tenant_header=config.tenant_header))
+    return RemoteWriteExporter(config=RemoteWriteConfig(
+        url=config.endpoint, name=config.name, timeout=config.timeout,
+        tenant_header=config.tenant_header))
+
+
+@dataclass
+class _Route:
+    config: ExporterConfig
+    queue: DurableQueue
+    worker: ExportWorker
+
+
+class Forwarder:
+    """The queues and workers of every exporter. ``start``/``shutdown`` (idempotent)."""
+
+    def __init__(self, *, config: PipelineConfig, data_dir: Path,
+                 registry: CollectorRegistry) -> None:
+        queue_metrics = QueueMetrics(registry)
+        export_metrics = ExportMetrics(registry)
+        self._routes: list[_Route] = []
+        for exporter in config.exporters:
+            queue = DurableQueue(config=QueueConfig(
+                directory=data_dir / "queue" / exporter.name, name=exporter.name,
+                max_bytes=config.queue_max_bytes, fsync=FsyncPolicy(config.queue_fsync),
+                # Small queues get small segments, so space frees up as records are sent.
+                segment_bytes=min(_SEGMENT_BYTES, config.queue_max_bytes // 4),
+            ), metrics=queue_metrics)
+            worker = ExportWorker(
+                queue=queue, exporter=_exporter(exporter), metrics=export_metrics,
+                config=ExportWorkerConfig(
+                    max_samples=exporter.max_batch_samples, concurrency=exporter.concurrency,
+                    flush_interval=exporter.flush_interval),
+            )
+            self._routes.append(_Route(exporter, queue, worker))
+        self._closed = False
+
+    async def start(self) -> None:
+        for route in self._routes:
+            await route.queue.start()
+            route.worker.start()
+            log.info("exporter started", extra={"fields": {
+                "exporter": route.config.name, "type": route.config.type,
+                "endpoint": route.config.endpoint, "queued_records": len(route.queue)}})
+
+    async def accept(self, batch: MetricBatch) -> None:
+        """Queue ``batch`` for every exporter; ResourceExhausted when any queue is full.
+
+        Room is checked in every queue first, so a refusal normally changes nothing; if a
+        queue fills in between, the sender's retry is delivered twice to the exporters that
+        took the first copy (at least once, never lost).
+        """
+        for route in self._routes:
+            if route.queue.size_bytes + len(batch.write_request) > route.queue.config.max_bytes:
+                raise ResourceExhausted(
+                    f"the queue of exporter {route.config.name!r} is full "
+                    f"({route.queue.size_bytes} of {route.queue.config.max_bytes} bytes); "
+                    "its backend is down or slower than the input",
+                    retry_after=route.queue.config.full_retry_after.total_seconds())
+        await asyncio.gather(*(
+            route.queue.append(batch.write_request, count=batch.sample_count,
+                               tenant=batch.tenant)
+            for route in self._routes))
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """Send what can be sent within ``grace``; the rest stays queued for the next start."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(r.worker.shutdown(grace) for r in self._routes))
+        for route in self._routes:
+            await route.queue.close()

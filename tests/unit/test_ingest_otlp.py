@@ -1,0 +1,157 @@
+"""OTLP → Prometheus translation per the OpenTelemetry compatibility specification."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
+
+from phoenixcp.core.batch import MetricType
+from phoenixcp.core.series import series_key
+from phoenixcp.platform.ingest.otlp import decode_otlp
+from phoenixcp.platform.ingest.otlp_naming import attribute_labels, label_name, metric_name
+
+pytestmark = pytest.mark.unit
+
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+T_NS = 1_700_000_000_123_456_789
+T_MS = 1_700_000_000_123
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def export(*metrics: Metric, resource: dict[str, str] | None = None) -> ExportMetricsServiceRequest:
+    req = ExportMetricsServiceRequest()
+    rm = req.resource_metrics.add()
+    res = resource if resource is not None else {
+        "service.name": "checkout", "service.namespace": "shop",
+        "service.instance.id": "pod-1", "host.name": "dropped"}
+    rm.resource.attributes.extend(kv(k, v) for k, v in res.items())
+    rm.scope_metrics.add(metrics=list(metrics))
+    return req
+
+
+def samples(req: ExportMetricsServiceRequest) -> dict[tuple[tuple[str, str], ...], list[float]]:
+    batch, _ = decode_otlp(req, tenant="t")
+    cols = batch.columns()
+    out: dict[tuple[tuple[str, str], ...], list[float]] = {}
+    for i, v in zip(cols.series_index, cols.values, strict=True):
+        out.setdefault(tuple(sorted(cols.label_sets[i])), []).append(float(v))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "counter", "gauge", "expected"),
+    [
+        ("http.server.duration", "s", False, False, "http_server_duration_seconds"),
+        ("requests", "{requests}", True, False, "requests_total"),
+        ("requests.total", "1", True, False, "requests_total"),
+        ("memory.usage", "By", False, True, "memory_usage_bytes"),
+        ("throughput", "By/s", False, True, "throughput_bytes_per_second"),
+        ("cpu.utilization", "1", False, True, "cpu_utilization_ratio"),
+        ("latency_seconds", "s", False, False, "latency_seconds"),
+        ("9lives", "", False, True, "_9lives"),
+        ("a..b--c", "", False, True, "a_b_c"),
+        ("...", "", False, True, ""),
+    ],
+)
+def test_metric_names(name: str, unit: str, counter: bool, gauge: bool, expected: str) -> None:
+    assert metric_name(name, unit, counter=counter, gauge=gauge) == expected
+
+
+def test_label_names_and_collisions() -> None:
+    assert label_name("http.method") == "http_method"
+    assert label_name("1st") == "key_1st"
+    assert label_name("__secret") == "key__secret"
+    assert attribute_labels([kv("a.b", "1"), kv("a-b", "2"), kv("ok", True), kv("n", 3)]) == {
+        "a_b": "2;1", "ok": "true", "n": "3"}
+
+
+def test_counter_gauge_and_resource_labels() -> None:
+    counter = Metric(name="http.requests", unit="{request}", description="Requests served")
+    counter.sum.is_monotonic = True
+    counter.sum.aggregation_temporality = CUMULATIVE
+    counter.sum.data_points.add(as_int=7, time_unix_nano=T_NS,
+                                attributes=[kv("http.method", "GET")])
+    updown = Metric(name="queue.size")
+    updown.sum.aggregation_temporality = CUMULATIVE
+    updown.sum.data_points.add(as_double=-2.5, time_unix_nano=T_NS)
+    gauge = Metric(name="temperature", unit="Cel")
+    gauge.gauge.data_points.add(as_double=21.5, time_unix_nano=T_NS, flags=1)
+    req = export(counter, updown, gauge)
+    batch, rejected = decode_otlp(req, tenant="acme")
+    assert rejected.data_points == 0 and rejected.message == ""
+    assert batch.tenant == "acme" and batch.sample_count == 3 and batch.series_count == 3
+    base = {"job": "shop/checkout", "instance": "pod-1"}
+    want = {**base, "__name__": "http_requests_total", "http_method": "GET"}
+    assert int(batch.series_keys[0]) == series_key(want.items())
+    got = samples(req)
+    assert got[tuple(sorted(want.items()))] == [7.0]
+    assert got[tuple(sorted({**base, "__name__": "queue_size"}.items()))] == [-2.5]
+    stale = got[tuple(sorted({**base, "__name__": "temperature_celsius"}.items()))][0]
+    assert struct.pack("<d", stale) == struct.pack("<Q", 0x7FF0000000000002)
+    cols = batch.columns()
+    assert cols.metric_types == {"http_requests_total": MetricType.COUNTER,
+                                 "queue_size": MetricType.GAUGE,
+                                 "temperature_celsius": MetricType.GAUGE}
+    assert set(cols.timestamps) == {T_MS}
+
+
+def test_histogram_buckets_are_cumulative_with_le() -> None:
+    hist = Metric(name="rpc.duration", unit="ms")
+    hist.histogram.aggregation_temporality = CUMULATIVE
+    hist.histogram.data_points.add(time_unix_nano=T_NS, count=10, sum=123.0,
+                                   explicit_bounds=[0.5, 1, 2.5], bucket_counts=[1, 2, 3, 4])
+    got = samples(export(hist, resource={"service.name": "api"}))
+    name = "rpc_duration_milliseconds"
+    buckets = {dict(k)["le"]: v for k, v in got.items() if dict(k)["__name__"] == name + "_bucket"}
+    assert buckets == {"0.5": [1.0], "1": [3.0], "2.5": [6.0], "+Inf": [10.0]}
+    assert got[(("__name__", name + "_count"), ("job", "api"))] == [10.0]
+    assert got[(("__name__", name + "_sum"), ("job", "api"))] == [123.0]
+
+
+def test_summary_quantiles() -> None:
+    summary = Metric(name="latency", unit="s")
+    dp = summary.summary.data_points.add(time_unix_nano=T_NS, count=4, sum=2.0)
+    dp.quantile_values.add(quantile=0.99, value=1.5)
+    got = samples(export(summary, resource={}))
+    assert got[(("__name__", "latency_seconds"), ("quantile", "0.99"))] == [1.5]
+    assert got[(("__name__", "latency_seconds_count"),)] == [4.0]
+
+
+def test_partial_success_counts_refused_points() -> None:
+    delta = Metric(name="d")
+    delta.sum.aggregation_temporality = DELTA
+    delta.sum.is_monotonic = True
+    delta.sum.data_points.add(as_int=1, time_unix_nano=T_NS)
+    delta.sum.data_points.add(as_int=2, time_unix_nano=T_NS)
+    bad_hist = Metric(name="h")
+    bad_hist.histogram.aggregation_temporality = CUMULATIVE
+    bad_hist.histogram.data_points.add(count=1, explicit_bounds=[1, 2], bucket_counts=[1])
+    expo = Metric(name="e")
+    expo.exponential_histogram.aggregation_temporality = CUMULATIVE
+    expo.exponential_histogram.data_points.add(count=1)
+    empty = Metric(name="")
+    empty.gauge.data_points.add(as_int=1)
+    good = Metric(name="ok")
+    good.gauge.data_points.add(as_int=1, time_unix_nano=T_NS)
+    batch, rejected = decode_otlp(export(delta, bad_hist, expo, empty, good), tenant="t")
+    assert batch.sample_count == 1
+    assert rejected.data_points == 5
+    assert rejected.message.startswith("5 data points rejected: ")
+    assert "only cumulative temporality is supported" in rejected.message
+    assert "(2 points)" in rejected.message
+    assert "and 1 more reasons" in rejected.message
