@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: up status test install install-dev protos check-protos lint typecheck pytest clean help
+.PHONY: up status test install install-dev protos check-protos lint typecheck pytest clean help \
+	system-deps
 
 help:
 	@echo "make up      start Phoenix locally (NATS, etcd, a local CA, all five services)"
@@ -48,8 +49,13 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy libs/phoenixcp services
 
-pytest: install-dev
+pytest: install-dev system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# System programs the tests start (Debian's victoria-metrics; wrk for bench/): installed with
+# apt-get when missing and running as root (CI), else it says how. Silent when present.
+system-deps:
+	@bash scripts/ensure_system_deps.sh
 
 test: check-protos lint pytest
 

@@ -15,7 +15,13 @@ from typing import TypeVar
 import pytest
 
 from phoenixcp.errors import DependencyMissingError, StartupError
-from phoenixcp.platform.embedded import EmbeddedBao, EmbeddedEtcd, EmbeddedNats, EmbeddedServer
+from phoenixcp.platform.embedded import (
+    EmbeddedBao,
+    EmbeddedEtcd,
+    EmbeddedNats,
+    EmbeddedServer,
+    EmbeddedVictoriaMetrics,
+)
 
 _Server = TypeVar("_Server", bound=EmbeddedServer)
 
@@ -47,3 +53,13 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEt
 def bao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBao]:
     """A running ``bao server -dev``; ``.addr`` and ``.root_token`` are what hvac takes."""
     yield from _serve(EmbeddedBao(data_dir=tmp_path_factory.mktemp("bao")))
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedVictoriaMetrics]:
+    """A running VictoriaMetrics (Debian's ``victoria-metrics``, installed by ``make test``).
+
+    ``.write_url`` takes remote-write; ``.query_until(promql, done)`` and ``.export_series(match)``
+    read back (both flush first). Shared by the session: use metric names of your own.
+    """
+    yield from _serve(EmbeddedVictoriaMetrics(data_dir=tmp_path_factory.mktemp("victoria")))

@@ -27,6 +27,7 @@ from phoenixcp.platform.embedded._support import (
     find_binary,
     free_port,
 )
+from phoenixcp.platform.embedded._victoria import EmbeddedVictoriaMetrics, EmbeddedVmagent
 
 __all__ = [
     "BinaryName",
@@ -34,6 +35,8 @@ __all__ = [
     "EmbeddedEtcd",
     "EmbeddedNats",
     "EmbeddedServer",
+    "EmbeddedVictoriaMetrics",
+    "EmbeddedVmagent",
     "die_with_parent_hook",
     "find_binary",
     "free_port",

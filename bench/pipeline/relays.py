@@ -1,0 +1,188 @@
+"""The relays bench/pipeline/run.py compares, each pinned to one core, and /proc readings."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Protocol
+
+from phoenixcp.platform.embedded import EmbeddedEtcd, EmbeddedNats, EmbeddedVmagent, free_port
+from phoenixcp.platform.tls import LocalCA
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Relay(Protocol):
+    """A process that takes remote-write at ``write_url`` and forwards it to the sink."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def write_url(self) -> str: ...
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+    def queue_bytes(self) -> int | None: ...
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def process_tree_cpu(pid: int) -> float:
+    """utime + stime, in seconds, of ``pid`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat(current)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo.extend(children.get(current, []))
+    return total / _TICKS
+
+
+def rss(pid: int) -> tuple[int, int]:
+    """(VmHWM, VmRSS) of ``pid`` in bytes."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    values = {m[1]: int(m[2]) * 1024 for m in re.finditer(r"^(VmHWM|VmRSS):\s+(\d+) kB", status,
+                                                          re.MULTILINE)}
+    return values.get("VmHWM", 0), values.get("VmRSS", 0)
+
+
+def _metric_sum(url: str, name: str) -> int | None:
+    """Sum of every sample of ``name`` on a Prometheus /metrics page; None if absent."""
+    try:
+        with _HTTP.open(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith((name + "{", name + " "))]
+    return int(sum(values)) if values else None
+
+
+class VmagentRelay(EmbeddedVmagent):
+    """vmagent exactly as Debian ships it, default flags, started under ``taskset -c CPU`` (so
+    Go sizes GOMAXPROCS to that one core)."""
+
+    def __init__(self, *, data_dir: Path, sink_write_url: str, cpu: int) -> None:
+        super().__init__(data_dir=data_dir, remote_write_urls=[sink_write_url],
+                         extra_args=["-loggerLevel=WARN"])
+        self.cpu = cpu
+
+    def _argv(self, binary: Path) -> list[str]:
+        return ["taskset", "-c", str(self.cpu), *super()._argv(binary)]
+
+    @property
+    def pid(self) -> int:
+        pid = super().pid
+        assert pid is not None, "vmagent is not running"
+        return pid
+
+    def queue_bytes(self) -> int | None:
+        return _metric_sum(f"{self.url}/metrics", "vmagent_remotewrite_pending_data_bytes")
+
+
+class PhoenixRelay:
+    """``python -m metrics_pipeline --config <generated yaml>`` under ``taskset -c CPU``.
+
+    The config fills ``pipeline.http_listen`` (remote-write ingest at ``/api/v1/write``),
+    ``pipeline.exporters[0].endpoint`` (the sink), ``pipeline.data_dir`` (the durable queue,
+    fsync ``always`` as in production) and ``metrics.listen`` (``phoenix_queue_bytes``). NATS,
+    etcd and the local CA are set up on the driver core: the service reports ready only once
+    they answer.
+    """
+
+    def __init__(self, *, data_dir: Path, sink_write_url: str, cpu: int, driver_cpu: int) -> None:
+        self.data_dir = data_dir
+        self.sink_write_url = sink_write_url
+        self.cpu, self.driver_cpu = cpu, driver_cpu
+        self.http_port, self.metrics_port = free_port(), free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._nats = EmbeddedNats(data_dir=data_dir / "nats")
+        self._etcd = EmbeddedEtcd(data_dir=data_dir / "etcd")
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "metrics-pipeline is not running"
+        return self._proc.pid
+
+    @property
+    def write_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/api/v1/write"
+
+    def config_yaml(self) -> str:
+        return f"""\
+service: metrics-pipeline
+state_dir: {self.data_dir / "state"}
+grpc:
+  listen: 127.0.0.1:0
+metrics:
+  listen: 127.0.0.1:{self.metrics_port}
+nats:
+  url: {self._nats.url}
+etcd:
+  endpoints: [{self._etcd.endpoint}]
+log:
+  level: warning
+pipeline:
+  http_listen: 127.0.0.1:{self.http_port}
+  otlp_grpc_listen: 127.0.0.1:0
+  data_dir: {self.data_dir / "queue"}
+  queue_fsync: always
+  exporters:
+    - name: sink
+      type: remote-write
+      endpoint: {self.sink_write_url}
+"""
+
+    def start(self) -> PhoenixRelay:
+        for server in (self._nats, self._etcd):
+            server.start()
+            os.sched_setaffinity(server.pid or 0, {self.driver_cpu})
+        LocalCA.open(self.data_dir / "state" / "ca")
+        config = self.data_dir / "pipeline.yaml"
+        config.write_text(self.config_yaml())
+        log = (self.data_dir / "metrics-pipeline.log").open("ab")
+        self._proc = subprocess.Popen(
+            ["taskset", "-c", str(self.cpu), sys.executable, "-m", "metrics_pipeline",
+             "--config", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while _metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", "phoenix_ready") != 1:
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"metrics-pipeline did not become ready; see {log.name}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._etcd.stop()
+        self._nats.stop()
+
+    def queue_bytes(self) -> int | None:
+        return _metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", "phoenix_queue_bytes")
