@@ -1,5 +1,8 @@
 """Reading records back from segment files: ``os.pread`` of bytes the writer just wrote.
 
+Segments that existed before this process started are all CRC-checked by the recovery scan when
+the queue opens; records appended since come from this process's own writer.
+
 Runs on the event loop: the bytes were written moments ago and sit in the page cache, so a
 read costs microseconds and a thread hop would cost more.
 """
@@ -47,7 +50,9 @@ class SegmentReader:
             buf = os.pread(fd, need, off)
         entries: list[Entry] = []
         end, taken = off, 0
-        for item in iter_records(buf, segment=seq, base=off):
+        # The CRC was checked when the segment was recovered on open, or the record was written
+        # by this process: recomputing it on every read costs ~5% of the pipeline's CPU.
+        for item in iter_records(buf, segment=seq, base=off, verify=False):
             if isinstance(item, str):
                 break
             entries.append(item)
