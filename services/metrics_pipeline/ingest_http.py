@@ -29,6 +29,7 @@ from phoenixcp.platform.ingest import (
     decode_remote_write,
     resolve_tenant,
 )
+from phoenixcp.platform.metrics_http import serve_app
 
 __all__ = ["HttpIngest"]
 
@@ -53,13 +54,8 @@ class HttpIngest:
         app = web.Application(client_max_size=self._max_bytes)
         app.router.add_post("/api/v1/write", self._remote_write)
         app.router.add_post("/v1/metrics", self._otlp)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl,
-                           reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        self._runner, self.bound_port = await serve_app(
+            app, host=self._host, port=self._port, ssl_context=self._ssl)
         return self.bound_port
 
     async def shutdown(self) -> None:

@@ -6,12 +6,27 @@ start several services in one process do not share counters.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["MetricsServer"]
+__all__ = ["MetricsServer", "serve_app"]
+
+
+async def serve_app(app: web.Application, *, host: str, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: a free port); the runner and the bound port.
+
+    Shared by every HTTP listener of Phoenix; stop it with ``await runner.cleanup()``.
+    """
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    return runner, int(sockets[0].getsockname()[1]) if sockets else port
 
 
 class MetricsServer:
@@ -32,13 +47,7 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
+        self._runner, self.bound_port = await serve_app(app, host=self._host, port=self._port)
         return self.bound_port
 
     async def shutdown(self) -> None:

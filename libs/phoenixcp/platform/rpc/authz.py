@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from phoenixcp.core.acl import Acl
 from phoenixcp.errors import PermissionDenied
 from phoenixcp.platform.rpc.errors import ERROR_DETAIL_KEY, error_detail
-from phoenixcp.platform.rpc.handlers import wrap_handler
+from phoenixcp.platform.rpc.handlers import Guard, GuardInterceptor
 
 __all__ = ["AuthorizationInterceptor", "peer_identity"]
 
@@ -46,7 +46,7 @@ def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return bytes(values[0]).decode("utf-8", "replace")
 
 
-class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+class AuthorizationInterceptor(GuardInterceptor):
     """Refuses, with PERMISSION_DENIED, every call the ACL does not allow the caller to make.
 
     Works for all four kinds of RPC: the check runs before the handler sees a request. The
@@ -69,18 +69,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             else None
         )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None:
-            return None  # gRPC answers UNIMPLEMENTED for unknown methods; nothing to guard
-        method = details.method
-
+    def guard_for(self, method: str) -> Guard:
         @contextlib.asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
             identity = peer_identity(context)
@@ -88,7 +77,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
                 await self._deny(identity, method, context)
             yield
 
-        return wrap_handler(handler, guard)  # type: ignore[no-any-return]
+        return guard
 
     async def _deny(
         self, identity: str | None, method: str, context: grpc.aio.ServicerContext[Any, Any]

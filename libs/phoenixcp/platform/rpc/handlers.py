@@ -9,13 +9,13 @@ interceptor only writes its ``guard``: an async context manager entered around t
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
 
-__all__ = ["Guard", "wrap_handler"]
+__all__ = ["Guard", "GuardInterceptor", "wrap_handler"]
 
 Guard = Callable[[grpc.aio.ServicerContext[Any, Any]], AbstractAsyncContextManager[None]]
 """Entered around one call with its context; may abort the call (``context.abort`` raises)."""
@@ -66,3 +66,26 @@ def wrap_handler(handler: grpc.RpcMethodHandler[Any, Any], guard: Guard) -> Any:
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(streaming, **codec)
     return grpc.stream_stream_rpc_method_handler(streaming, **codec)
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that runs ``guard_for(method)`` around each call of that method.
+
+    Subclasses implement :meth:`guard_for`; returning None leaves the method untouched.
+    """
+
+    def guard_for(self, method: str) -> Guard | None:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None  # gRPC answers UNIMPLEMENTED for unknown methods; nothing to guard
+        guard = self.guard_for(details.method)
+        return handler if guard is None else wrap_handler(handler, guard)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,7 +31,7 @@ from phoenixcp.platform.rpc.errors import (
     status_for,
     unimplemented_detail,
 )
-from phoenixcp.platform.rpc.handlers import wrap_handler
+from phoenixcp.platform.rpc.handlers import Guard, GuardInterceptor
 
 __all__ = ["RpcMetrics", "StatusInterceptor"]
 
@@ -104,23 +104,14 @@ class _Call:
         self._metrics.seconds.labels(*self._labels).observe(time.perf_counter() - self._start)
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
+class StatusInterceptor(GuardInterceptor):
     """Maps exceptions to statuses and records request metrics for every RPC."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method, metrics = details.method, self._metrics
+    def guard_for(self, method: str) -> Guard:
+        metrics = self._metrics
 
         @asynccontextmanager
         async def guard(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -142,4 +133,4 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     call.done(context)
                     span.set_attribute("rpc.grpc.status_code", call.code_value(context))
 
-        return wrap_handler(handler, guard)  # type: ignore[no-any-return]
+        return guard

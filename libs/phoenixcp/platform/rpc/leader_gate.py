@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
-from phoenixcp.platform.rpc.handlers import wrap_handler
+from phoenixcp.platform.rpc.handlers import Guard, GuardInterceptor
 
 __all__ = ["LeaderGateInterceptor"]
 
 
-class LeaderGateInterceptor(grpc.aio.ServerInterceptor):
+class LeaderGateInterceptor(GuardInterceptor):
     """Calls ``require_leader`` (which raises ``NotLeader``) before each leader-only RPC.
 
     ``methods`` are full method paths, ``/phoenix.v1.ChaosEngineerService/StartExperiment``.
@@ -24,16 +24,9 @@ class LeaderGateInterceptor(grpc.aio.ServerInterceptor):
         self._methods = frozenset(methods)
         self._require_leader = require_leader
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None or details.method not in self._methods:
-            return handler
+    def guard_for(self, method: str) -> Guard | None:
+        if method not in self._methods:
+            return None
         require = self._require_leader
 
         @asynccontextmanager
@@ -41,4 +34,4 @@ class LeaderGateInterceptor(grpc.aio.ServerInterceptor):
             require()
             yield
 
-        return wrap_handler(handler, guard)  # type: ignore[no-any-return]
+        return guard
