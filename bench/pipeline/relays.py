@@ -102,17 +102,25 @@ class PhoenixRelay:
     """``python -m metrics_pipeline --config <generated yaml>`` under ``taskset -c CPU``.
 
     The config fills ``pipeline.http_listen`` (remote-write ingest at ``/api/v1/write``),
-    ``pipeline.exporters[0].endpoint`` (the sink), ``pipeline.data_dir`` (the durable queue,
-    fsync ``always`` as in production) and ``metrics.listen`` (``phoenix_queue_bytes``). NATS,
-    etcd and the local CA are set up on the driver core: the service reports ready only once
+    ``pipeline.otlp_grpc_listen`` (OTLP/gRPC ``MetricsService/Export``, plaintext: ingest_tls
+    off), ``pipeline.exporters[0].endpoint`` (the sink; default ``flush_interval``, 1 s),
+    ``pipeline.data_dir`` (the durable queue, fsync ``always`` as in production) and
+    ``metrics.listen`` (``phoenix_queue_bytes``, the ingest and end-to-end latency histograms).
+    NATS, etcd and the local CA are set up on the driver core: the service reports ready only once
     they answer.
     """
+
+    flush_interval_s = 1.0  # the exporter's default flush_interval, which the config keeps
 
     def __init__(self, *, data_dir: Path, sink_write_url: str, cpu: int, driver_cpu: int) -> None:
         self.data_dir = data_dir
         self.sink_write_url = sink_write_url
         self.cpu, self.driver_cpu = cpu, driver_cpu
-        self.http_port, self.metrics_port = free_port(), free_port()
+        ports: list[int] = []
+        while len(ports) < 3:  # free_port() may hand the same port out twice
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.http_port, self.metrics_port, self.otlp_port = ports
         self._proc: subprocess.Popen[bytes] | None = None
         self._nats = EmbeddedNats(data_dir=data_dir / "nats")
         self._etcd = EmbeddedEtcd(data_dir=data_dir / "etcd")
@@ -125,6 +133,15 @@ class PhoenixRelay:
     @property
     def write_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/api/v1/write"
+
+    @property
+    def otlp_target(self) -> str:
+        """host:port of the OTLP/gRPC receiver."""
+        return f"127.0.0.1:{self.otlp_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def config_yaml(self) -> str:
         return f"""\
@@ -142,7 +159,8 @@ log:
   level: warning
 pipeline:
   http_listen: 127.0.0.1:{self.http_port}
-  otlp_grpc_listen: 127.0.0.1:0
+  otlp_grpc_listen: 127.0.0.1:{self.otlp_port}
+  ingest_tls: "off"
   data_dir: {self.data_dir / "queue"}
   queue_fsync: always
   exporters:
@@ -171,6 +189,15 @@ pipeline:
                 raise SystemExit(f"metrics-pipeline did not become ready; see {log.name}")
             time.sleep(0.1)
         return self
+
+    def check_running(self) -> None:
+        """SystemExit with the log's tail if the service has exited (e.g. crashed under load;
+        the log's directory is temporary)."""
+        if self._proc is not None and (code := self._proc.poll()) is not None:
+            log = self.data_dir / "metrics-pipeline.log"
+            tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+            raise SystemExit(f"metrics-pipeline exited ({code}) while loaded; its log ends:\n"
+                             + "\n".join(tail))
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

@@ -4,8 +4,13 @@
 --
 -- DIR holds rw-00000.bin ... (bench/pipeline/workload.py); every thread reads all COUNT bodies
 -- in init() and formats each request once, so nothing is encoded while timing. Each thread
--- starts at a different offset. WRK_DELAY_MS=N (environment) makes every connection wait N ms
--- between requests: a paced load for the latency mode. At the end one line
+-- starts at a different offset. WRK_INTERVAL_MS=X (environment) paces the load for the latency
+-- mode: each thread sends a request every X ms (so wrk as a whole threads * 1000 / X per
+-- second). wrk asks delay() before every request of a connection, the first included; each call
+-- takes the thread's next send slot (now if the schedule is behind: a missed slot is not made
+-- up) and waits until it, so the rate holds whatever the latency, as long as a connection is
+-- free. wrk starts its latency clock when the delayed request is written (a stall is not charged
+-- to the requests it held back: a lower bound). At the end one line
 -- "WRK_JSON {...}" gives requests, non-2xx/3xx answers (errors.status), errors and latency
 -- percentiles (microseconds) for run.py.
 
@@ -13,11 +18,25 @@ local threads = {}
 local requests = {}
 local position = 1
 
-local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0")
-if delay_ms > 0 then
+local interval_ms = tonumber(os.getenv("WRK_INTERVAL_MS") or "0")
+if interval_ms > 0 then
+  local ffi = require("ffi")  -- wrk runs LuaJIT; clock_gettime gives a millisecond clock
+  ffi.cdef([[
+    typedef struct { long tv_sec; long tv_nsec; } phoenix_timespec;
+    int clock_gettime(int clock_id, phoenix_timespec *tp);
+  ]])
+  local ts = ffi.new("phoenix_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local next_slot = nil
   -- wrk looks for delay() right after loading the script, so it is defined here, not in init.
   function delay()
-    return delay_ms
+    local now = now_ms()
+    local slot = math.max(now, next_slot or now)
+    next_slot = slot + interval_ms
+    return math.floor(slot - now + 0.5)
   end
 end
 

@@ -7,8 +7,8 @@ cores. Before anything is timed it writes the workload (bench/pipeline/workload.
 1,000-sample snappy remote-write bodies) to a temporary directory. Then, per round and target:
 
 1. the relay starts on a fresh data dir pinned to ``--relay-cpu`` (taskset); the null sink
-   (bench/pipeline/sink.py), wrk and this script run on ``--driver-cpu``;
-2. warm-up: wrk for ``--warmup`` s, then the relay drains its queue to the sink;
+   (bench/pipeline/sink.py), wrk (or otlp_driver.py) and this script run on ``--driver-cpu``;
+2. warm-up: the same load for ``--warmup`` s, then the relay drains its queue to the sink;
 3. load: wrk posts the bodies round-robin over ``--connections`` keep-alive connections for
    ``--duration`` s, unpaced: more than one relay core can take;
 4. drain: until the sink has every accepted sample (bounded by ``--drain-timeout``).
@@ -21,10 +21,30 @@ relay CPU seconds over load and drain (utime+stime of the relay's process tree);
 relaying a sample, backlog included, so an unbounded queue does not flatter the figure); RSS
 (VmHWM, VmRSS). With ``both``, the ratio Phoenix/vmagent. Results go to bench/results/ as JSON.
 
-``--mode latency`` paces wrk (``WRK_DELAY_MS``) at ``--load-fraction`` (default 0.5) of the
-capacity measured in a first unpaced round and reports wrk's latency percentiles (request sent
-→ answered, i.e. durably queued for Phoenix). wrk is closed-loop, so under a stall it sends
-less rather than queueing (coordinated omission): read its p99 as a lower bound.
+``--protocol otlp`` (Phoenix only: vmagent 1.79 has no OTLP receiver) drives the pipeline's
+OTLP/gRPC port instead, with the same series as ``otlp-*.bin`` ExportMetricsServiceRequest bodies
+(~930 data points each) from bench/pipeline/otlp_driver.py (grpc.aio, ``--connections`` calls in
+flight over ``--otlp-channels`` channels, raw bytes, on the driver core). It reports data points
+accepted/s (OK answers' points minus ``partial_success.rejected_data_points``), forwarded/s and
+per CPU-second, and the same in Prometheus samples: the sink counts samples, and one OTLP
+Histogram point becomes 14 of them (12 ``_bucket``, ``_sum``, ``_count``), so data points
+forwarded = sink samples / the workload's samples per data point.
+
+``--mode latency`` first measures capacity (an unpaced ``--probe-duration`` s probe on the first
+round's relay, after warm-up), unless ``--rate`` gives it (samples/s for remote-write, data
+points/s for OTLP), then paces the load at ``--load-fraction`` (default 0.5) of it. Remote-write
+is paced by wrk's Lua ``delay()`` (``WRK_INTERVAL_MS``, remote_write.lua): every wrk thread
+sends on a fixed schedule of send slots, each request delayed to its thread's next free slot, so
+the rate holds whatever the latency while a connection is free; wrk times a request from its
+actual send (request sent → answered), so under a stall its p99 is a lower bound (coordinated
+omission). OTLP is paced by otlp_driver.py's ``--rate`` (call k of worker i sent at its scheduled
+time, or at once when behind), which also reports latency from the scheduled send.
+For Phoenix it reads from the pipeline's /metrics, over the paced load and its drain:
+``phoenix_pipeline_ingest_seconds`` (request received → answered, i.e. durably queued; the
+issue's target p99 ≤ 5 ms) and ``phoenix_export_end_to_end_seconds`` (appended to the durable
+queue → acknowledged by the backend; the target p99 ≤ the exporter's flush interval, 1 s, + 50
+ms). Their p99 is interpolated within a histogram bucket as PromQL's histogram_quantile does;
+the share of observations in the buckets at or under the target is exact.
 """
 
 from __future__ import annotations
@@ -49,6 +69,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "libs"))
 
+from otlp_driver import counts as otlp_counts  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from relays import PhoenixRelay, Relay, VmagentRelay, process_tree_cpu, rss  # noqa: E402
 from workload import SAMPLES_PER_REQUEST, write_workload  # noqa: E402
 
@@ -97,9 +119,9 @@ def sink_samples(sink_url: str) -> int:
 
 
 def run_wrk(args: argparse.Namespace, url: str, workload: Path, count: int, seconds: float,
-            delay_ms: int = 0) -> dict[str, Any]:
-    """One wrk run; wrk's WRK_JSON summary (see remote_write.lua)."""
-    env = {**os.environ, "WRK_DELAY_MS": str(delay_ms)}
+            interval_ms: float = 0.0) -> dict[str, Any]:
+    """One wrk run; wrk's WRK_JSON summary (see remote_write.lua for the pacing)."""
+    env = {**os.environ, "WRK_INTERVAL_MS": f"{interval_ms:.4f}"}
     argv = ["taskset", "-c", str(args.driver_cpu), "wrk", f"-t{args.threads}",
             f"-c{args.connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
             "-s", str(HERE / "remote_write.lua"), url, "--", str(workload), str(count)]
@@ -112,6 +134,62 @@ def run_wrk(args: argparse.Namespace, url: str, workload: Path, count: int, seco
     raise SystemExit(f"wrk printed no summary:\n{out}")
 
 
+def run_otlp_driver(args: argparse.Namespace, target: str, workload: Path, count: int,
+                    seconds: float, rate: float | None, sink_url: str) -> dict[str, Any]:
+    """One otlp_driver.py run on the driver core; its OTLP_JSON summary."""
+    argv = ["taskset", "-c", str(args.driver_cpu), sys.executable, str(HERE / "otlp_driver.py"),
+            "--target", target, "--dir", str(workload), "--count", str(count),
+            "--duration", f"{seconds:g}", "--concurrency", str(args.connections),
+            "--channels", str(args.otlp_channels), "--sink-url", sink_url]
+    if rate:
+        argv += ["--rate", f"{rate:.4f}"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    for line in proc.stdout.splitlines():
+        if line.startswith("OTLP_JSON "):
+            summary: dict[str, Any] = json.loads(line[len("OTLP_JSON "):])
+            return summary
+    raise SystemExit(f"otlp_driver.py printed no summary (exit {proc.returncode}):\n"
+                     f"{proc.stdout}{proc.stderr}")
+
+
+def drive(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Path, count: int,
+          seconds: float, rate: float | None = None) -> dict[str, Any]:
+    """One load run, wrk (remote-write) or otlp_driver.py (OTLP), in the same shape.
+
+    ``rate``: requests/s to pace at (None: unpaced). ``samples`` are Prometheus samples
+    accepted; ``points`` OTLP data points accepted (None for remote-write).
+    """
+    try:
+        return _drive(args, relay, sink_url, workload, count, seconds, rate)
+    finally:
+        if isinstance(relay, PhoenixRelay):
+            relay.check_running()
+
+
+def _drive(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Path, count: int,
+           seconds: float, rate: float | None) -> dict[str, Any]:
+    if args.protocol == "otlp":
+        assert isinstance(relay, PhoenixRelay)
+        r = run_otlp_driver(args, relay.otlp_target, workload, count, seconds, rate, sink_url)
+        return {"ok": r["requests_ok"], "refused": sum(r["errors"].values()),
+                "errors": r["errors"], "seconds": r["duration_s"],
+                "samples": r["samples_accepted"], "points": r["points_accepted"],
+                "points_rejected": r["points_rejected"],
+                "samples_per_point": r["samples_per_point"], "sink_delta": r["sink_samples_delta"],
+                "latency_us": r["latency_us"],
+                "scheduled_latency_us": r["scheduled_latency_us"] or None,
+                "wrk_interval_ms": None}
+    interval_ms = args.threads * 1000 / rate if rate else 0.0  # per wrk thread
+    w = run_wrk(args, relay.write_url, workload, count, seconds, interval_ms)
+    ok = w["requests"] - w["errors"]["status"]
+    return {"ok": ok, "refused": w["errors"]["status"],
+            "errors": {k: v for k, v in w["errors"].items() if k != "status"},
+            "seconds": w["duration_us"] / 1e6, "samples": ok * SAMPLES_PER_REQUEST,
+            "points": None, "points_rejected": None, "samples_per_point": None,
+            "sink_delta": None, "latency_us": w["latency_us"], "scheduled_latency_us": None,
+            "wrk_interval_ms": interval_ms or None}
+
+
 def wait_drained(sink_url: str, target: int, timeout: float) -> bool:
     """Poll the sink until it has ``target`` samples; False if ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
@@ -122,12 +200,85 @@ def wait_drained(sink_url: str, target: int, timeout: float) -> bool:
     return True
 
 
+INGEST_HISTOGRAM = "phoenix_pipeline_ingest_seconds"
+E2E_HISTOGRAM = "phoenix_export_end_to_end_seconds"
+RECEIVERS = {"remote-write": "remote_write", "otlp": "otlp_grpc"}
+INGEST_TARGET_S = 0.005
+
+
+def latency_buckets(relay: Relay, protocol: str) -> dict[str, dict[float, float]] | None:
+    """Cumulative bucket counts (by ``le``) of the ingest histogram for this protocol's receiver
+    and of the end-to-end histogram (every exporter); None for a relay without them."""
+    if not isinstance(relay, PhoenixRelay):
+        return None
+    with _HTTP.open(relay.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, dict[float, float]] = {INGEST_HISTOGRAM: {}, E2E_HISTOGRAM: {}}
+    for family in text_string_to_metric_families(text):
+        if family.name not in out:
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_bucket"):
+                continue
+            if family.name == INGEST_HISTOGRAM and (
+                    sample.labels.get("receiver") != RECEIVERS[protocol]):
+                continue
+            le = float(sample.labels["le"])
+            out[family.name][le] = out[family.name].get(le, 0.0) + sample.value
+    return out
+
+
+def histogram_summary(before: dict[float, float], after: dict[float, float],
+                      target_s: float) -> dict[str, Any]:
+    """p50/p99 of the observations between two scrapes (linear within a bucket, as PromQL's
+    histogram_quantile), and the exact share in the buckets at or under ``target_s``."""
+    bounds = sorted(after)
+    cumulative = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = cumulative[-1] if cumulative else 0.0
+    if total <= 0:
+        return {"count": 0}
+
+    def quantile(q: float) -> float:
+        rank, low, below = q * total, 0.0, 0.0
+        for bound, count in zip(bounds, cumulative, strict=True):
+            if count >= rank:
+                if bound == float("inf"):
+                    return low  # in the +Inf bucket: the highest finite bound, as PromQL
+                return low + (bound - low) * (rank - below) / (count - below)
+            low, below = bound, count
+        return low
+
+    at_or_under = [c for b, c in zip(bounds, cumulative, strict=True) if b <= target_s]
+    over = [(b, c) for b, c in zip(bounds, cumulative, strict=True) if b > target_s]
+    return {"count": round(total), "p50_ms": quantile(0.5) * 1e3, "p99_ms": quantile(0.99) * 1e3,
+            "target_ms": target_s * 1e3,
+            "bound_ms": max((b for b in bounds if b <= target_s), default=0.0) * 1e3,
+            "share_within": (at_or_under[-1] if at_or_under else 0.0) / total,
+            "next_bound_ms": over[0][0] * 1e3 if over else None,
+            "share_next": over[0][1] / total if over else None}
+
+
+def verdict(summary: dict[str, Any] | None) -> str:
+    """Whether p99 ≤ target, from the exact bucket shares; 'unclear' when p99 falls in the
+    bucket that straddles the target."""
+    if not summary or not summary.get("count"):
+        return "no data"
+    if summary["share_within"] >= 0.99:
+        return "met"
+    if summary["bound_ms"] == summary["target_ms"]:  # the target is a bucket bound: exact
+        return "missed"
+    if summary["share_next"] is not None and summary["share_next"] >= 0.99:
+        return (f"unclear (p99 between the {summary['bound_ms']:g} and "
+                f"{summary['next_bound_ms']:g} ms buckets)")
+    return "missed"
+
+
 def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Path, count: int,
-            delay_ms: int = 0) -> dict[str, Any]:
+            seconds: float, rate: float | None = None) -> dict[str, Any]:
     """Warm up, then one measured load + drain on a running relay."""
     pid = relay.pid
     if args.warmup > 0:
-        run_wrk(args, relay.write_url, workload, count, args.warmup, delay_ms)
+        drive(args, relay, sink_url, workload, count, args.warmup, rate)
         time.sleep(0.5)
         before = sink_samples(sink_url)
         settle_deadline = time.monotonic() + args.drain_timeout
@@ -137,22 +288,25 @@ def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Pat
             if now == before:
                 break
             before = now
+    buckets0 = latency_buckets(relay, args.protocol) if args.mode == "latency" else None
     sink0, cpu0, queue0 = sink_samples(sink_url), process_tree_cpu(pid), relay.queue_bytes()
     began = time.monotonic()
-    wrk = run_wrk(args, relay.write_url, workload, count, args.duration, delay_ms)
+    load = drive(args, relay, sink_url, workload, count, seconds, rate)
     loaded = time.monotonic() - began
     sink1, queue1 = sink_samples(sink_url), relay.queue_bytes()
-    ok = wrk["requests"] - wrk["errors"]["status"]
-    accepted = ok * SAMPLES_PER_REQUEST
+    if load["sink_delta"] is not None:  # the OTLP driver read the sink when its clock ran
+        loaded, forwarded_loaded = load["seconds"], load["sink_delta"]
+    else:
+        forwarded_loaded = sink1 - sink0
+    accepted = load["samples"]
     drained = wait_drained(sink_url, sink0 + accepted, args.drain_timeout)
     sink2, cpu2 = sink_samples(sink_url), process_tree_cpu(pid)
-    wrk_seconds = wrk["duration_us"] / 1e6
     cpu = cpu2 - cpu0
     through = min(accepted, sink2 - sink0)
     hwm, current = rss(pid)
-    return {
-        "accepted_samples_per_s": accepted / wrk_seconds,
-        "forwarded_samples_per_s": (sink1 - sink0) / loaded,
+    result: dict[str, Any] = {
+        "accepted_samples_per_s": accepted / load["seconds"],
+        "forwarded_samples_per_s": forwarded_loaded / loaded,
         "queue_growth_bytes_per_s": None if queue0 is None or queue1 is None
         else (queue1 - queue0) / loaded,
         "relay_cpu_seconds": cpu,
@@ -160,13 +314,44 @@ def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Pat
         "drained": drained,
         "rss_hwm_mib": hwm / 2**20,
         "rss_mib": current / 2**20,
-        "requests_2xx": ok,
-        "requests_refused": wrk["errors"]["status"],
-        "socket_errors": {k: v for k, v in wrk["errors"].items() if k != "status"},
-        "latency_us": wrk["latency_us"],
-        "wrk_seconds": wrk_seconds,
-        "delay_ms": delay_ms,
+        "requests_ok": load["ok"],
+        "requests_ok_per_s": load["ok"] / load["seconds"],
+        "requests_refused": load["refused"],
+        "errors": load["errors"],
+        "latency_us": load["latency_us"],
+        "load_seconds": load["seconds"],
+        "paced_requests_per_s": rate,
+        "wrk_interval_ms": load["wrk_interval_ms"],
     }
+    if load["points"] is not None:  # OTLP: data points as well as the samples they become
+        per_point = load["samples_per_point"]
+        result.update({
+            "accepted_points_per_s": load["points"] / load["seconds"],
+            "forwarded_points_per_s": forwarded_loaded / per_point / loaded,
+            "points_per_cpu_second": min(load["points"], (sink2 - sink0) / per_point) / cpu
+            if cpu > 0 else None,
+            "points_rejected": load["points_rejected"],
+            "samples_per_point": per_point,
+            "scheduled_latency_us": load["scheduled_latency_us"],
+        })
+    if buckets0 is not None:
+        time.sleep(0.3)  # the exporter observes end-to-end latency just after the sink answers
+        buckets1 = latency_buckets(relay, args.protocol)
+        assert buckets1 is not None
+        flush_s = getattr(relay, "flush_interval_s", 1.0)
+        ingest = histogram_summary(buckets0[INGEST_HISTOGRAM], buckets1[INGEST_HISTOGRAM],
+                                   INGEST_TARGET_S)
+        e2e = histogram_summary(buckets0[E2E_HISTOGRAM], buckets1[E2E_HISTOGRAM],
+                                flush_s + 0.05)
+        result.update({
+            "server_ingest": ingest, "server_end_to_end": e2e,
+            "ingest_p50_ms": ingest.get("p50_ms"), "ingest_p99_ms": ingest.get("p99_ms"),
+            "ingest_share_within_target": ingest.get("share_within"),
+            "e2e_p50_ms": e2e.get("p50_ms"), "e2e_p99_ms": e2e.get("p99_ms"),
+            "e2e_share_within_target": e2e.get("share_within"),
+            "e2e_target_ms": (flush_s + 0.05) * 1e3,
+        })
+    return result
 
 
 def make_relay(target: str, args: argparse.Namespace, sink_url: str, work: Path) -> Relay:
@@ -181,46 +366,79 @@ def make_relay(target: str, args: argparse.Namespace, sink_url: str, work: Path)
 def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
                workload: Path, count: int, log: Callable[[str], None]) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
-    delay_ms = 0
+    rate: float | None = None
+    unit = "data points" if args.protocol == "otlp" else "samples"
+    probe: dict[str, Any] | None = None
     for n in range(args.rounds):
         relay = make_relay(target, args, sink_url, work)
         relay.start()
         try:
             if args.mode == "latency" and n == 0:
-                capacity = args.rate or measure(args, relay, sink_url, workload, count)[
-                    "accepted_samples_per_s"] / SAMPLES_PER_REQUEST
+                if args.rate:
+                    capacity = args.rate / args.per_request
+                    log(f"{target}: capacity given, {args.rate:,.0f} {unit}/s")
+                else:
+                    probe = measure(args, relay, sink_url, workload, count, args.probe_duration)
+                    capacity = probe["requests_ok_per_s"]
+                    log(f"{target}: probe ({args.probe_duration:g} s, unpaced): "
+                        f"{capacity * args.per_request:,.0f} {unit}/s accepted")
                 rate = capacity * args.load_fraction
-                delay_ms = max(1, round(args.connections * 1000 / rate))
-                log(f"{target}: capacity {capacity:.0f} req/s; pacing at ~{rate:.0f} req/s "
-                    f"({delay_ms} ms between requests per connection)")
-            result = measure(args, relay, sink_url, workload, count, delay_ms)
+                how = (f"wrk delay(): a send slot every {args.threads * 1000 / rate:.2f} ms "
+                       f"per thread x {args.threads} threads" if args.protocol == "remote-write"
+                       else "otlp_driver.py --rate: scheduled sends")
+                log(f"{target}: capacity {capacity:.1f} req/s; pacing at "
+                    f"{args.load_fraction:g} x = {rate:.1f} req/s "
+                    f"({rate * args.per_request:,.0f} {unit}/s; {how})")
+            result = measure(args, relay, sink_url, workload, count, args.duration, rate)
         finally:
             relay.stop()
         rounds.append(result)
-        log(f"{target} round {n + 1}/{args.rounds}: "
-            f"accepted {result['accepted_samples_per_s'] / 1e3:.0f}k/s, "
-            f"forwarded {result['forwarded_samples_per_s'] / 1e3:.0f}k/s, "
-            f"cpu {result['relay_cpu_seconds']:.1f}s, "
-            f"{(result['samples_per_cpu_second'] or 0) / 1e3:.0f}k samples/cpu-s, "
-            f"p99 {result['latency_us']['p99'] / 1e3:.1f} ms, rss {result['rss_hwm_mib']:.0f} MiB")
+        line = (f"{target} round {n + 1}/{args.rounds}: "
+                f"accepted {result['accepted_samples_per_s'] / 1e3:.0f}k samples/s, "
+                f"forwarded {result['forwarded_samples_per_s'] / 1e3:.0f}k samples/s, ")
+        if "accepted_points_per_s" in result:
+            line += (f"accepted {result['accepted_points_per_s'] / 1e3:.1f}k points/s, "
+                     f"forwarded {result['forwarded_points_per_s'] / 1e3:.1f}k points/s, "
+                     f"{(result['points_per_cpu_second'] or 0) / 1e3:.1f}k points/cpu-s, ")
+        line += (f"cpu {result['relay_cpu_seconds']:.1f}s, "
+                 f"{(result['samples_per_cpu_second'] or 0) / 1e3:.0f}k samples/cpu-s, "
+                 f"client p99 {result['latency_us']['p99'] / 1e3:.1f} ms, "
+                 f"rss {result['rss_hwm_mib']:.0f} MiB")
+        if result.get("ingest_p99_ms") is not None:
+            line += f", server ingest p99 {result['ingest_p99_ms']:.2f} ms"
+        if result.get("e2e_p99_ms") is not None:
+            line += f", end-to-end p99 {result['e2e_p99_ms']:.0f} ms"
+        if result["requests_refused"] or not result["drained"]:
+            line += (f" [refused {result['requests_refused']} {result['errors']}, "
+                     f"drained {result['drained']}]")
+        log(line)
     numeric = [k for k, v in rounds[0].items() if isinstance(v, int | float)
                and not isinstance(v, bool)]
     median = {k: statistics.median(r[k] for r in rounds if r[k] is not None)
-              for k in numeric if all(r[k] is not None for r in rounds)}
+              for k in numeric if all(r.get(k) is not None for r in rounds)}
     median["latency_p99_ms"] = statistics.median(r["latency_us"]["p99"] for r in rounds) / 1e3
     median["latency_p50_ms"] = statistics.median(r["latency_us"]["p50"] for r in rounds) / 1e3
-    return {"median": median, "rounds": rounds}
+    if all(r.get("scheduled_latency_us") for r in rounds):
+        median["scheduled_latency_p99_ms"] = statistics.median(
+            r["scheduled_latency_us"]["p99"] for r in rounds) / 1e3
+    return {"median": median, "rounds": rounds, "probe": probe}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--target", choices=("vmagent", "phoenix", "both"), default="both")
+    parser.add_argument("--protocol", choices=("remote-write", "otlp"), default="remote-write",
+                        help="otlp: OTLP/gRPC into Phoenix only (vmagent 1.79 has no OTLP "
+                             "receiver)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--drain-timeout", type=float, default=60.0)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=16,
+                        help="wrk connections; with otlp, calls in flight")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--otlp-channels", type=int, default=2,
+                        help="gRPC channels (HTTP/2 connections) the OTLP calls share")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workload-rounds", type=int, default=3,
                         help="scrape rounds of the 101k series in the workload (101 bodies each)")
@@ -228,12 +446,16 @@ def main() -> None:
     parser.add_argument("--driver-cpu", type=int, default=1)
     parser.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
     parser.add_argument("--rate", type=float, default=None,
-                        help="latency mode: requests/s at full capacity (default: measure it)")
+                        help="latency mode: capacity in samples/s (remote-write) or data "
+                             "points/s (otlp); default: measure it with a probe")
+    parser.add_argument("--probe-duration", type=float, default=8.0,
+                        help="latency mode: seconds of the unpaced capacity probe")
     parser.add_argument("--load-fraction", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = parser.parse_args()
 
-    missing = [b for b in ("wrk", "taskset") if shutil.which(b) is None]
+    missing = [b for b in ("taskset", *(("wrk",) if args.protocol == "remote-write" else ()))
+               if shutil.which(b) is None]
     if missing:
         raise SystemExit(f"{', '.join(missing)} not found: run scripts/ensure_system_deps.sh "
                          "--bench (as root), or apt-get install wrk util-linux")
@@ -245,14 +467,35 @@ def main() -> None:
         print(message, file=sys.stderr, flush=True)
 
     targets = ["vmagent", "phoenix"] if args.target == "both" else [args.target]
+    if args.protocol == "otlp" and "vmagent" in targets:
+        note = ("vmagent 1.79.5 (Debian's victoria-metrics) has no OTLP receiver, so the OTLP "
+                "run is Phoenix only")
+        if targets == ["vmagent"]:
+            raise SystemExit(note)
+        log(f"{note}: skipping vmagent")
+        targets = ["phoenix"]
     with tempfile.TemporaryDirectory(prefix="phoenix-bench-") as tmp:
         work = Path(tmp)
         start_ms = int(time.time() // 60 * 60 * 1000)
         manifest = write_workload(work / "workload", seed=args.seed, rounds=args.workload_rounds,
-                                  start_ms=start_ms, otlp=False)
-        count = int(manifest["remote_write"]["requests"])  # type: ignore[index]
-        log(f"workload: {manifest['series']} series, {count} bodies of {SAMPLES_PER_REQUEST} "
-            f"samples, generated in {manifest['generated_in_s']}s")
+                                  start_ms=start_ms, otlp=args.protocol == "otlp")
+        if args.protocol == "otlp":
+            count = int(manifest["otlp"]["requests"])  # type: ignore[index]
+            points = samples = 0
+            for i in range(count):
+                p, s = otlp_counts((work / "workload" / f"otlp-{i:05d}.bin").read_bytes())
+                points, samples = points + p, samples + s
+            args.per_request = points / count
+            manifest["otlp"].update({"data_points": points, "samples": samples,  # type: ignore
+                                     "samples_per_data_point": samples / points})
+            log(f"workload: {manifest['series']} series, {count} OTLP requests of "
+                f"~{args.per_request:.0f} data points ({samples / points:.3f} Prometheus samples "
+                f"per data point), generated in {manifest['generated_in_s']}s")
+        else:
+            count = int(manifest["remote_write"]["requests"])  # type: ignore[index]
+            args.per_request = SAMPLES_PER_REQUEST
+            log(f"workload: {manifest['series']} series, {count} bodies of "
+                f"{SAMPLES_PER_REQUEST} samples, generated in {manifest['generated_in_s']}s")
         results: dict[str, Any] = {}
         with sink_process(args.driver_cpu) as sink_url:
             for target in targets:
@@ -265,37 +508,78 @@ def main() -> None:
         "workload": manifest,
         "results": results,
     }
+    if args.protocol == "otlp":
+        report["note"] = "vmagent 1.79.5 has no OTLP receiver: Phoenix only"
     if "vmagent" in results and "phoenix" in results:
         p, v = results["phoenix"]["median"], results["vmagent"]["median"]
         report["ratio_phoenix_vmagent"] = {
             k: p[k] / v[k] for k in ("samples_per_cpu_second", "accepted_samples_per_s",
                                      "forwarded_samples_per_s") if p.get(k) and v.get(k)}
-    print_table(results, report.get("ratio_phoenix_vmagent"))
+    print_table(results, report.get("ratio_phoenix_vmagent"), args)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"pipeline-{args.mode}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    prefix = "pipeline" if args.protocol == "remote-write" else "pipeline-otlp"
+    path = args.out / f"{prefix}-{args.mode}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def print_table(results: dict[str, Any], ratio: dict[str, float] | None) -> None:
-    rows = [("samples accepted/s", "accepted_samples_per_s", 1e3, "k"),
-            ("samples forwarded/s (loaded)", "forwarded_samples_per_s", 1e3, "k"),
-            ("relay CPU seconds", "relay_cpu_seconds", 1, ""),
-            ("samples per CPU-second", "samples_per_cpu_second", 1e3, "k"),
-            ("queue growth bytes/s", "queue_growth_bytes_per_s", 1e6, "M"),
-            ("RSS peak MiB", "rss_hwm_mib", 1, ""),
-            ("latency p50 ms", "latency_p50_ms", 1, ""),
-            ("latency p99 ms", "latency_p99_ms", 1, "")]
+def print_table(results: dict[str, Any], ratio: dict[str, float] | None,
+                args: argparse.Namespace) -> None:
+    otlp = args.protocol == "otlp"
+    rows: list[tuple[str, str, float, str]] = []
+    if otlp:
+        rows += [("data points accepted/s", "accepted_points_per_s", 1e3, "k"),
+                 ("data points forwarded/s (loaded)", "forwarded_points_per_s", 1e3, "k")]
+    rows += [("samples accepted/s", "accepted_samples_per_s", 1e3, "k"),
+             ("samples forwarded/s (loaded)", "forwarded_samples_per_s", 1e3, "k"),
+             ("relay CPU seconds", "relay_cpu_seconds", 1, "")]
+    if otlp:
+        rows += [("data points per CPU-second", "points_per_cpu_second", 1e3, "k")]
+    rows += [("samples per CPU-second", "samples_per_cpu_second", 1e3, "k"),
+             ("queue growth bytes/s", "queue_growth_bytes_per_s", 1e6, "M"),
+             ("RSS peak MiB", "rss_hwm_mib", 1, ""),
+             ("client latency p50 ms", "latency_p50_ms", 1, ""),
+             ("client latency p99 ms", "latency_p99_ms", 1, "")]
+    targets: dict[str, str] = {}
+    if args.mode == "latency":
+        e2e_target = max((r["median"].get("e2e_target_ms", 0) for r in results.values()),
+                         default=1050.0) or 1050.0
+        rows = [("paced at requests/s", "paced_requests_per_s", 1, ""),
+                ("requests answered OK/s", "requests_ok_per_s", 1, ""), *rows]
+        if otlp:
+            rows.append(("client p99 from schedule ms", "scheduled_latency_p99_ms", 1, ""))
+        rows += [("server ingest p50 ms", "ingest_p50_ms", 1, ""),
+                 ("server ingest p99 ms", "ingest_p99_ms", 1, ""),
+                 ("  share ≤ 5 ms", "ingest_share_within_target", 0.01, "%"),
+                 ("server end-to-end p50 ms", "e2e_p50_ms", 1, ""),
+                 ("server end-to-end p99 ms", "e2e_p99_ms", 1, ""),
+                 ("  share ≤ 1 s bucket", "e2e_share_within_target", 0.01, "%")]
+        targets = {"ingest_p99_ms": "≤ 5", "e2e_p99_ms": f"≤ {e2e_target:g}"}
     names = list(results)
+    client = "wrk" if not otlp else "otlp_driver"
+    print(f"{args.protocol}, {args.mode}; client latency = {client}'s (request sent → answered)")
     print(f"{'median of rounds':32}" + "".join(f"{n:>14}" for n in names)
-          + (f"{'phoenix/vmagent':>18}" if ratio else ""))
+          + (f"{'phoenix/vmagent':>18}" if ratio else "") + (f"{'target':>10}" if targets else ""))
     for label, key, scale, unit in rows:
         cells = []
         for n in names:
             value = results[n]["median"].get(key)
             cells.append(f"{'-' if value is None else f'{value / scale:,.1f}{unit}':>14}")
-        extra = f"{ratio[key]:>17.2f}x" if ratio and key in ratio else ""
-        print(f"{label:32}" + "".join(cells) + extra)
+        extra = (f"{ratio[key]:>17.2f}x" if ratio and key in ratio
+                 else " " * 18 if ratio and targets else "")
+        goal = f"{targets[key]:>10}" if key in targets else ""
+        print(f"{label:32}" + "".join(cells) + extra + goal)
+    if args.mode == "latency":
+        for n in names:
+            rounds = results[n]["rounds"]
+            if rounds[0].get("server_ingest") is None:
+                print(f"{n}: no server-side latency histograms (wrk's figures only)")
+                continue
+            ingest = [verdict(r["server_ingest"]) for r in rounds]
+            e2e = [verdict(r["server_end_to_end"]) for r in rounds]
+            print(f"{n}: p99 ingest ≤ 5 ms: {', '.join(ingest)}; p99 end-to-end ≤ "
+                  f"{rounds[0]['e2e_target_ms']:g} ms (flush interval + 50 ms): {', '.join(e2e)}"
+                  " (per round; from the histograms' buckets)")
 
 
 if __name__ == "__main__":
