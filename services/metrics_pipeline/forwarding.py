@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cramjam
 from prometheus_client import CollectorRegistry
 
 from phoenixcp.core.batch import MetricBatch
@@ -72,7 +73,7 @@ class Forwarder:
                 queue=queue, exporter=_exporter(exporter), metrics=export_metrics,
                 config=ExportWorkerConfig(
                     max_samples=exporter.max_batch_samples, concurrency=exporter.concurrency,
-                    flush_interval=exporter.flush_interval),
+                    flush_interval=exporter.flush_interval, snappy_payloads=True),
             )
             self._routes.append(_Route(exporter, queue, worker))
         self._closed = False
@@ -92,15 +93,18 @@ class Forwarder:
         queue fills in between, the sender's retry is delivered twice to the exporters that
         took the first copy (at least once, never lost).
         """
+        # Records are queued snappy-compressed: 3-5x less disk and I/O, and a request that
+        # arrived compressed leaves without being compressed again.
+        payload = batch.compressed or bytes(cramjam.snappy.compress_raw(batch.write_request))
         for route in self._routes:
-            if route.queue.size_bytes + len(batch.write_request) > route.queue.config.max_bytes:
+            if route.queue.size_bytes + len(payload) > route.queue.config.max_bytes:
                 raise ResourceExhausted(
                     f"the queue of exporter {route.config.name!r} is full "
                     f"({route.queue.size_bytes} of {route.queue.config.max_bytes} bytes); "
                     "its backend is down or slower than the input",
                     retry_after=route.queue.config.full_retry_after.total_seconds())
         await asyncio.gather(*(
-            route.queue.append(batch.write_request, count=batch.sample_count,
+            route.queue.append(payload, count=batch.sample_count,
                                tenant=batch.tenant)
             for route in self._routes))
 

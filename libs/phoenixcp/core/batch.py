@@ -84,6 +84,9 @@ class MetricBatch:
     received_at: int
     histogram_count: int = 0
     metadata_count: int = 0
+    compressed: bytes | None = field(default=None, repr=False, compare=False)
+    """``write_request`` snappy-compressed (block format) as the sender sent it, when it did:
+    queues and exporters then pass it on without compressing it again."""
     decoder: ColumnsDecoder | None = field(default=None, repr=False, compare=False)
     _columns: list[BatchColumns] = field(
         default_factory=list, init=False, repr=False, compare=False

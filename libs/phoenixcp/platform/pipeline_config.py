@@ -16,7 +16,8 @@ Example::
           endpoint: http://127.0.0.1:8428/api/v1/write   # otlp: host:port
           timeout: 10s
           concurrency: 4                 # requests in flight
-          max_batch_samples: 10000
+          max_batch_samples: 1000        # smaller records are combined up to this; larger
+                                         # ones (a 1,000-sample remote-write) go out as they came
           flush_interval: 1s
           tenant_header: false           # send X-Scope-OrgID (Mimir, VictoriaMetrics cluster)
 
@@ -47,7 +48,7 @@ class ExporterConfig:
     endpoint: str
     timeout: timedelta = timedelta(seconds=10)
     concurrency: int = 4
-    max_batch_samples: int = 10_000
+    max_batch_samples: int = 1_000
     flush_interval: timedelta = timedelta(seconds=1)
     tenant_header: bool = False
 

@@ -80,6 +80,9 @@ class ExportWorkerConfig:
     #: Retry backoff: exponential from ``backoff_initial`` up to ``backoff_max``, plus jitter.
     backoff_initial: timedelta = timedelta(milliseconds=100)
     backoff_max: timedelta = timedelta(seconds=30)
+    #: Queue records are snappy-compressed WriteRequests: a batch of one record is sent as it is
+    #: (no recompression); several are decompressed, joined and compressed once.
+    snappy_payloads: bool = False
 
     def __post_init__(self) -> None:
         _positive("export", self, "max_samples", "max_bytes", "flush_interval",

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Final
 
+import cramjam
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
@@ -57,11 +58,13 @@ class OtlpExporter:
                 self._channel)
         return self._stub
 
-    async def export(self, body: bytes, *, tenant: str) -> ExportOutcome:
+    async def export(self, body: bytes, *, tenant: str, snappy: bool = False) -> ExportOutcome:
         """Convert ``body`` and call Export; see the class contract for the outcome."""
         try:
+            if snappy:
+                body = bytes(cramjam.snappy.decompress_raw(body))
             request = write_request_to_otlp(body)
-        except DecodeError as exc:
+        except (DecodeError, cramjam.DecompressionError) as exc:
             return ExportOutcome(ExportResult.REJECTED, f"not a WriteRequest: {exc}")
         metadata = [(k.lower(), v) for k, v in self._config.headers.items()]
         if self._config.tenant_header and tenant:

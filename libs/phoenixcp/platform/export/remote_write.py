@@ -68,13 +68,14 @@ class RemoteWriteExporter:
             )
         return self._session
 
-    async def export(self, body: bytes, *, tenant: str) -> ExportOutcome:
-        """POST ``body`` snappy-compressed; see :func:`classify_status` for the outcome."""
+    async def export(self, body: bytes, *, tenant: str, snappy: bool = False) -> ExportOutcome:
+        """POST ``body`` snappy-compressed (as given when ``snappy``); see
+        :func:`classify_status` for the outcome."""
         if self._closed:
             return ExportOutcome(ExportResult.RETRYABLE, "exporter is shut down")
         headers = {"X-Scope-OrgID": tenant} if self._config.tenant_header and tenant else None
         try:
-            data = bytes(cramjam.snappy.compress_raw(body))
+            data = body if snappy else bytes(cramjam.snappy.compress_raw(body))
             async with self._client().post(self._config.url, data=data,
                                            headers=headers) as response:
                 status = response.status

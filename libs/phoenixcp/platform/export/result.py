@@ -30,9 +30,11 @@ class ExportOutcome:
 class Exporter(Protocol):
     """Sends one request's worth of data to a backend.
 
-    ``body`` is an uncompressed Prometheus ``WriteRequest`` (several concatenated ones are one
-    valid request). ``export`` never raises (cancellation aside): every failure is an
-    outcome. It may be called concurrently. ``shutdown`` releases connections; idempotent.
+    ``body`` is a Prometheus ``WriteRequest``: uncompressed (several concatenated ones are one
+    valid request), or snappy-compressed (block format) when ``snappy`` is true, which lets a
+    request received compressed go out without being compressed again. ``export`` never raises
+    (cancellation aside): every failure is an outcome. It may be called concurrently.
+    ``shutdown`` releases connections; idempotent.
     """
 
     @property
@@ -40,7 +42,7 @@ class Exporter(Protocol):
         """The exporter's name in metrics and logs."""
         ...
 
-    async def export(self, body: bytes, *, tenant: str) -> ExportOutcome:
+    async def export(self, body: bytes, *, tenant: str, snappy: bool = False) -> ExportOutcome:
         """Send ``body`` for ``tenant``; see the class contract."""
         ...
 

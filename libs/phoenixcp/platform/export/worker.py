@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+import cramjam
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -170,7 +171,11 @@ class ExportWorker:
                 gauge.dec()
 
     async def _deliver(self, entries: list[Entry], tenant: str) -> None:
-        body = b"".join(e.payload for e in entries)
+        snappy = self._config.snappy_payloads and len(entries) == 1
+        if snappy or not self._config.snappy_payloads:
+            body = b"".join(e.payload for e in entries)
+        else:
+            body = b"".join(bytes(cramjam.snappy.decompress_raw(e.payload)) for e in entries)
         samples = sum(e.count for e in entries)
         outcome = ExportOutcome(ExportResult.RETRYABLE)
         retrying = AsyncRetrying(
@@ -180,7 +185,7 @@ class ExportWorker:
         )
         async for attempt in retrying:
             with attempt:
-                outcome = await self._attempt(body, tenant)
+                outcome = await self._attempt(body, tenant, snappy)
             state = attempt.retry_state
             if state.outcome is not None and not state.outcome.failed:
                 state.set_result(outcome)  # tenacity's way to retry on a returned value
@@ -192,9 +197,9 @@ class ExportWorker:
         elif outcome.result is ExportResult.REJECTED:
             await self._reject(entries[0], samples, outcome.reason)
 
-    async def _attempt(self, body: bytes, tenant: str) -> ExportOutcome:
+    async def _attempt(self, body: bytes, tenant: str, snappy: bool) -> ExportOutcome:
         started = time.perf_counter()
-        outcome = await self._exporter.export(body, tenant=tenant)
+        outcome = await self._exporter.export(body, tenant=tenant, snappy=snappy)
         if self._metrics is not None:
             self._metrics.request_seconds.labels(self.name).observe(
                 time.perf_counter() - started)

@@ -178,5 +178,6 @@ def decode_remote_write(
         histogram_count=histograms,
         metadata_count=metadata,
         received_at=start,
+        compressed=body if data is not body else None,
         decoder=decode_columns,
     )

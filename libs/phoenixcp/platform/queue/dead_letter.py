@@ -6,9 +6,9 @@
      "enqueued_at": 1732751999.8, "reason": "HTTP 400: out of order sample",
      "payload_b64": "<the record's bytes, base64>"}
 
-The payload is the queued record as appended (for exporters: an uncompressed Prometheus
-``WriteRequest``), so ``base64 -d`` and ``protoc --decode`` show it, and it can be re-sent
-once fixed. When the file passes ``dead_letter_max_bytes`` it is renamed to
+The payload is the queued record as appended (metrics-pipeline queues a snappy-compressed
+Prometheus ``WriteRequest``; ``base64 -d | snappy -d | protoc --decode`` shows it), so it can be
+re-sent as it is once fixed. When the file passes ``dead_letter_max_bytes`` it is renamed to
 ``dead-letter.jsonl.1`` (replacing the previous one) and a new file is started, so the disk
 use stays bounded at twice that size; the count of what was set aside is in
 ``phoenix_queue_dead_lettered_total``.
