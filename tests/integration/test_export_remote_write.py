@@ -147,3 +147,26 @@ async def test_shutdown_during_an_outage_keeps_records_for_the_next_start(
         assert await w.force_flush(10)
         assert sink.counts.samples == 250
         await w.shutdown(5)
+
+
+async def test_compressed_records_pass_through_or_combine_once(queue: DurableQueue,
+                                                               sink: CountingSink) -> None:
+    """With snappy payloads, a full-size record goes out alone, as one request; smaller records
+    of a tenant are combined into one request; every sample arrives unchanged."""
+    registry = CollectorRegistry()
+    w = worker(queue, sink, registry, snappy_payloads=True, max_samples=50)
+    big = bytes(cramjam.snappy.compress_raw(numbered(0)))  # 50 samples: a full batch alone
+    await queue.append(big, count=50, tenant="a")
+    assert await w.force_flush(10)
+    assert sink.counts.requests == 1
+    assert sink.bodies[0] == numbered(0)  # the sink keeps the decompressed body
+    w2_records = [bytes(cramjam.snappy.compress_raw(numbered(b))) for b in range(1, 5)]
+    await w.shutdown(5)
+    w = worker(queue, sink, CollectorRegistry(), snappy_payloads=True, max_samples=200)
+    await asyncio.gather(*(queue.append(r, count=50, tenant="a") for r in w2_records))
+    assert await w.force_flush(10)
+    assert sink.counts.samples == 250
+    assert sink.counts.requests == 2  # the four small records left as one request
+    assert sorted(sample_values(sink.bodies)) == sorted(
+        sample_values([numbered(b) for b in range(5)]))
+    assert await w.shutdown(5)
