@@ -1,0 +1,48 @@
+"""Merge semantics for series that become one: aggregation (``by``/``without``) and caps.
+
+Pure and synchronous; the pipeline decides *which* series merge (a :class:`LabelReduction`,
+a :class:`SeriesCap`) and feeds their points to a merger of the right kind:
+
+================================  ==========================================================
+metric type                       merger
+================================  ==========================================================
+cumulative counter, histogram     :class:`CumulativeMerger` (running total of increases;
+``_bucket``/``_sum``/``_count``   monotonic across input resets and churn)
+delta counter                     :class:`DeltaMerger` (sum per flush window)
+gauge, summary quantile           :class:`GaugeMerger` (sum, avg, min, max, last)
+================================  ==========================================================
+
+Every merger has ``observe(group, series, timestamp_ms, value) -> bool`` and
+``flush(now_ms) -> list[MergedPoint]``. docs/adr/0007-merge-semantics.md explains why.
+None of these classes is thread-safe: one owner (one replica's policy stage) calls them.
+"""
+
+from phoenixcp.core.aggregation._cap import CapConfig, SeriesCap
+from phoenixcp.core.aggregation._counters import (
+    CumulativeMerger,
+    DeltaMerger,
+    MergeConfig,
+    MergedPoint,
+)
+from phoenixcp.core.aggregation._gauges import GaugeFunction, GaugeMerger
+from phoenixcp.core.aggregation._labels import (
+    OVERFLOW_LABEL,
+    REPLICA_LABEL,
+    LabelReduction,
+    overflow_labels,
+)
+
+__all__ = [
+    "OVERFLOW_LABEL",
+    "REPLICA_LABEL",
+    "CapConfig",
+    "CumulativeMerger",
+    "DeltaMerger",
+    "GaugeFunction",
+    "GaugeMerger",
+    "LabelReduction",
+    "MergeConfig",
+    "MergedPoint",
+    "SeriesCap",
+    "overflow_labels",
+]
