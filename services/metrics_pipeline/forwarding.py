@@ -103,6 +103,10 @@ class Forwarder:
                     f"({route.queue.size_bytes} of {route.queue.config.max_bytes} bytes); "
                     "its backend is down or slower than the input",
                     retry_after=route.queue.config.full_retry_after.total_seconds())
+        if len(self._routes) == 1:  # the common case: no gather, whose tasks cost loop turns
+            await self._routes[0].queue.append(payload, count=batch.sample_count,
+                                               tenant=batch.tenant)
+            return
         await asyncio.gather(*(
             route.queue.append(payload, count=batch.sample_count,
                                tenant=batch.tenant)

@@ -1,7 +1,10 @@
 """The durable queue between the receivers and one exporter: segment files, group commit.
 
 Threads: the event loop owns all state. One writer thread per queue (a single-worker
-executor) does every segment write and fdatasync, in append order; checkpoint writes,
+executor) does every segment write and fdatasync, in append order. Group commit: appends
+made while a write is in flight wait in ``_pending`` (under ``_lock``); the writer thread takes
+them as soon as that write's sync returns, without a round trip through the event loop, and
+resolves each append's own future with one ``call_soon_threadsafe``. Checkpoint writes,
 segment deletes, dead-letter writes and the recovery scan at ``start`` run through
 ``asyncio.to_thread``. Reads are ``os.pread`` of bytes just written (page cache) on the loop.
 """
@@ -10,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -58,9 +61,17 @@ class DurableQueue:
         self._bytes = 0
         self._records = 0
         self._oldest: float | None = None
+        # Shared with the writer thread, under _lock: chunks not yet written, with their
+        # waiters and end positions; whether a write job is queued or running.
+        self._lock = threading.Lock()
         self._pending: list[_storage.Chunk] = []
-        self._group: asyncio.Future[None] | None = None
-        self._kick = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._ends: list[_Position] = []
+        self._writing = False
+        self._unsynced = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._readable = asyncio.Event()
         self._read_lock = asyncio.Lock()
         self._reader = SegmentReader(config.directory, queue=config.name)
@@ -102,9 +113,9 @@ class DurableQueue:
         self._segments[found.next_seq] = len(MAGIC)
         self._write = self._durable = (found.next_seq, len(MAGIC))
         self._bytes = sum(self._segments.values())
+        self._loop = asyncio.get_running_loop()
         self._started = True
-        self._tasks = [asyncio.create_task(self._run_writer(), name="queue-writer"),
-                       asyncio.create_task(self._run_checkpoints(), name="queue-checkpoint")]
+        self._tasks = [asyncio.create_task(self._run_checkpoints(), name="queue-checkpoint")]
         if self._config.fsync is FsyncPolicy.INTERVAL:
             self._tasks.append(asyncio.create_task(self._run_interval_sync()))
         if self._metrics is not None:
@@ -145,18 +156,27 @@ class DurableQueue:
             self._segments[seq] = off
         head = encode_record(record, count=count, enqueued_ns=time.time_ns(),
                              tenant=tenant_bytes)
-        self._pending.append((seq, head, record))
         self._write = (seq, off + size)
         self._segments[seq] = off + size
         self._bytes += needed
         self._records += 1
         if self._oldest is None:
             self._oldest = time.time()
-        if self._group is None:
-            self._group = asyncio.get_running_loop().create_future()
-        group = self._group
-        self._kick.set()
-        await asyncio.shield(group)
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._unsynced += 1
+        self._idle.clear()
+        with self._lock:
+            self._pending.append((seq, head, record))
+            self._waiters.append(waiter)
+            self._ends.append(self._write)
+            submit = not self._writing
+            self._writing = True
+        if submit:
+            assert self._executor is not None
+            self._executor.submit(self._write_pending)
+        # Our own future: a cancelled caller cancels only its wait, not the shared write.
+        await waiter
 
     async def get(self, max_records: int, *, max_bytes: int = 8 << 20,
                   timeout: float | None = None) -> list[Entry]:
@@ -225,12 +245,7 @@ class DurableQueue:
             return
         self._closed = True
         self._readable.set()
-        while self._pending or self._group is not None:
-            self._kick.set()
-            await asyncio.sleep(0)
-            with contextlib.suppress(Exception):
-                if self._group is not None:
-                    await asyncio.shield(self._group)
+        await self._idle.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -255,33 +270,52 @@ class DurableQueue:
         if self._failed is not None:
             raise Unavailable(f"queue {self._config.name} cannot write to disk: {self._failed}")
 
-    async def _run_writer(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _write_pending(self) -> None:
+        """On the writer thread: write and sync what is pending until nothing is."""
         sync = self._config.fsync is FsyncPolicy.ALWAYS
         while True:
-            await self._kick.wait()
-            self._kick.clear()
-            if not self._pending:
-                continue
-            chunks, group, end = self._pending, self._group, self._write
-            self._pending, self._group = [], None
-            assert group is not None
+            with self._lock:
+                chunks, waiters, ends = self._pending, self._waiters, self._ends
+                if not chunks:
+                    self._writing = False
+                    return
+                self._pending, self._waiters, self._ends = [], [], []
+            error: Exception | None = None
             try:
-                await loop.run_in_executor(
-                    self._executor, functools.partial(self._writer.write, chunks, sync=sync))
-            except OSError as exc:
-                self._failed = exc
-                _log.error("queue cannot write to disk; appends fail until restart",
-                           extra={"fields": {"queue": self._config.name, "error": str(exc)}})
-                group.set_exception(Unavailable(f"queue {self._config.name}: {exc}"))
-                group.exception()  # waiters may all be cancelled; don't warn about it
-                continue
-            self._durable = end
-            group.set_result(None)
-            self._readable.set()
-            if self._metrics is not None:
-                self._metrics.appends.labels(self._config.name).inc(len(chunks))
-                self._update_gauges()
+                self._writer.write(chunks, sync=sync)
+            except Exception as exc:  # OSError in practice; anything else must not hang appends
+                error = exc
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._written, waiters, ends[-1], error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                with self._lock:
+                    self._writing = False
+                return
+
+    def _written(self, waiters: list[asyncio.Future[None]], end: _Position,
+                 error: Exception | None) -> None:
+        """On the loop: resolve the appends of one write."""
+        self._unsynced -= len(waiters)
+        if not self._unsynced:
+            self._idle.set()
+        if error is not None:
+            self._failed = error
+            _log.error("queue cannot write to disk; appends fail until restart",
+                       extra={"fields": {"queue": self._config.name, "error": str(error)}})
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(Unavailable(f"queue {self._config.name}: {error}"))
+                    waiter.exception()  # the waiter may be gone; don't warn about it
+            return
+        self._durable = end
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._readable.set()
+        if self._metrics is not None:
+            self._metrics.appends.labels(self._config.name).inc(len(waiters))
+            self._update_gauges()
 
     async def _run_interval_sync(self) -> None:
         loop = asyncio.get_running_loop()
