@@ -59,7 +59,37 @@ def _fetch(url: str) -> bytes:
         raise Unavailable(f"GET {url}: {exc}") from exc
 
 
-class EmbeddedVictoriaMetrics(EmbeddedServer):
+class _VictoriaHttpServer(EmbeddedServer):
+    """What victoria-metrics and vmagent share: one HTTP port, ``/api/v1/write``, and a
+    readiness probe that checks ``/health`` and a ``/flags`` value only this process has."""
+
+    def _owned_flag(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        """HTTP port (0 until the first start chooses it)."""
+        return self._ports["http"]
+
+    @property
+    def url(self) -> str:
+        """Base URL: ``/metrics`` for the server's own metrics, PromQL under ``/api/v1``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def write_url(self) -> str:
+        """Prometheus remote-write 1.0 endpoint (snappy-compressed ``WriteRequest``)."""
+        return f"{self.url}/api/v1/write"
+
+    def _probe(self) -> bool:
+        status, body = _http_get(f"{self.url}/health")
+        if status != 200 or body.strip() != b"OK":
+            return False
+        status, flags = _http_get(f"{self.url}/flags")
+        return status == 200 and _owns_flag(flags, *self._owned_flag())
+
+
+class EmbeddedVictoriaMetrics(_VictoriaHttpServer):
     """Single-node ``victoria-metrics`` with its storage under ``data_dir/victoria-metrics-data``.
 
     Ready when ``GET /health`` says ``OK`` and ``/flags`` shows this object's storage path (so
@@ -87,20 +117,8 @@ class EmbeddedVictoriaMetrics(EmbeddedServer):
         self.extra_args = tuple(extra_args)
         self.storage_path = self.data_dir / "victoria-metrics-data"
 
-    @property
-    def port(self) -> int:
-        """HTTP port (0 until the first start chooses it)."""
-        return self._ports["http"]
-
-    @property
-    def url(self) -> str:
-        """Base URL: PromQL under ``/api/v1/query``, ``/metrics`` for its own metrics."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def write_url(self) -> str:
-        """Prometheus remote-write 1.0 endpoint (snappy-compressed ``WriteRequest``)."""
-        return f"{self.url}/api/v1/write"
+    def _owned_flag(self) -> tuple[str, str]:
+        return "storageDataPath", str(self.storage_path)
 
     def _argv(self, binary: Path) -> list[str]:
         return [
@@ -113,12 +131,6 @@ class EmbeddedVictoriaMetrics(EmbeddedServer):
             *self.extra_args,
         ]
 
-    def _probe(self) -> bool:
-        status, body = _http_get(f"{self.url}/health")
-        if status != 200 or body.strip() != b"OK":
-            return False
-        status, flags = _http_get(f"{self.url}/flags")
-        return status == 200 and _owns_flag(flags, "storageDataPath", str(self.storage_path))
 
     def flush(self) -> None:
         """Make every sample accepted so far visible to ``export_series()`` (and soon to PromQL)."""
@@ -180,7 +192,7 @@ class EmbeddedVictoriaMetrics(EmbeddedServer):
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
-class EmbeddedVmagent(EmbeddedServer):
+class EmbeddedVmagent(_VictoriaHttpServer):
     """``vmagent`` relaying remote-write from ``write_url`` to ``remote_write_urls``.
 
     Its on-disk queue is under ``data_dir/vmagent-queue``; ready when ``GET /health`` says
@@ -211,18 +223,8 @@ class EmbeddedVmagent(EmbeddedServer):
         self.extra_args = tuple(extra_args)
         self.queue_path = self.data_dir / "vmagent-queue"
 
-    @property
-    def port(self) -> int:
-        return self._ports["http"]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def write_url(self) -> str:
-        """Where vmagent accepts Prometheus remote-write."""
-        return f"{self.url}/api/v1/write"
+    def _owned_flag(self) -> tuple[str, str]:
+        return "remoteWrite.tmpDataPath", str(self.queue_path)
 
     def _argv(self, binary: Path) -> list[str]:
         return [
@@ -233,9 +235,3 @@ class EmbeddedVmagent(EmbeddedServer):
             *self.extra_args,
         ]
 
-    def _probe(self) -> bool:
-        status, body = _http_get(f"{self.url}/health")
-        if status != 200 or body.strip() != b"OK":
-            return False
-        status, flags = _http_get(f"{self.url}/flags")
-        return status == 200 and _owns_flag(flags, "remoteWrite.tmpDataPath", str(self.queue_path))
