@@ -9,7 +9,6 @@ Content-Type; 429 with ``Retry-After`` when a queue is full.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import ssl
 import time
@@ -81,8 +80,7 @@ class HttpIngest:
             batch, rejected = decode_otlp_http(
                 body, tenant=tenant, content_type=request.headers.get("Content-Type"),
                 content_encoding=request.headers.get("Content-Encoding"),
-                max_bytes=self._max_bytes)
-            batch = dataclasses.replace(batch, received_at=started)
+                max_bytes=self._max_bytes, received_at=started)
             reply = ExportMetricsServiceResponse()
             if rejected.data_points:
                 self._metrics.rejected.labels("otlp_http", "partial").inc(rejected.data_points)

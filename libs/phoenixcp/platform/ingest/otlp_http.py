@@ -54,6 +54,7 @@ def decode_otlp_http(
     content_type: str | None,
     content_encoding: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    received_at: int | None = None,
 ) -> tuple[MetricBatch, Rejected]:
     """Decode one OTLP/HTTP metrics body; bad bodies raise InvalidArgument (HTTP 400, or
     415 when ``exc.field == "Content-Type"``)."""
@@ -82,4 +83,4 @@ def decode_otlp_http(
         raise InvalidArgument(
             f"the body is not a valid OTLP ExportMetricsServiceRequest: {exc}"
         ) from None
-    return decode_otlp(request, tenant=tenant)
+    return decode_otlp(request, tenant=tenant, received_at=received_at)
