@@ -53,8 +53,10 @@ class HttpIngest:
         app = web.Application(client_max_size=self._max_bytes)
         app.router.add_post("/api/v1/write", self._remote_write)
         app.router.add_post("/v1/metrics", self._otlp)
+        # The decoders inflate gzip themselves, bounded by max_bytes (a gzip bomb stops at the
+        # limit); aiohttp's own inflating would hand them bodies already decompressed.
         self._runner, self.bound_port = await serve_app(
-            app, host=self._host, port=self._port, ssl_context=self._ssl)
+            app, host=self._host, port=self._port, ssl_context=self._ssl, auto_decompress=False)
         return self.bound_port
 
     async def shutdown(self) -> None:

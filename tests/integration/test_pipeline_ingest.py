@@ -8,6 +8,7 @@ SIGKILLed with a non-empty queue delivers everything after it restarts.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import signal
 import time
@@ -15,6 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from phoenixcp.cli.stack import Backend, LocalStack
 from phoenixcp.platform.export import CountingSink
@@ -167,5 +174,42 @@ async def test_sigkill_with_a_full_queue_loses_nothing(tmp_path: Path, sink: Cou
         await eventually(lambda: sink.counts.samples >= 20 * 500, timeout=30,
                          what="the queue replayed after the crash")
         assert sink.counts.samples == 20 * 500  # at least once, and here exactly once
+    finally:
+        stack.stop()
+
+
+async def test_otlp_http_accepts_protobuf_and_refuses_what_it_cannot_store(
+    tmp_path: Path, sink: CountingSink
+) -> None:
+    stack = await pipeline(tmp_path, sink)
+    try:
+        url = ingest(stack)["otlp_http"]
+        request = ExportMetricsServiceRequest()
+        metric = request.resource_metrics.add().scope_metrics.add().metrics.add()
+        metric.name = "otlp_http_requests"
+        metric.sum.is_monotonic = True
+        metric.sum.aggregation_temporality = (
+            AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)
+        point = metric.sum.data_points.add(time_unix_nano=NOW_MS * 1_000_000, as_double=7.0)
+        point.attributes.add(key="route", value=AnyValue(string_value="/pay"))
+        delta = request.resource_metrics[0].scope_metrics[0].metrics.add()
+        delta.name = "otlp_http_delta"
+        delta.sum.is_monotonic = True
+        delta.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+        delta.sum.data_points.add(time_unix_nano=NOW_MS * 1_000_000, as_double=1.0)
+
+        body = gzip.compress(request.SerializeToString())
+        status, _, reply = await post(url, body, encoding="gzip")
+        assert status == 200, reply
+        answer = ExportMetricsServiceResponse.FromString(reply)
+        assert answer.partial_success.rejected_data_points == 1  # the delta
+        assert "cumulative" in answer.partial_success.error_message
+        await eventually(lambda: sink.counts.samples == 1, what="the cumulative point")
+
+        status, _, text = await post(url, b"{}", encoding=None,
+                                     headers={"Content-Type": "application/json"})
+        assert status == 415 and b"protobuf" in text, text
+        await asyncio.sleep(1.5)
+        assert sink.counts.samples == 1  # nothing more arrived
     finally:
         stack.stop()

@@ -16,12 +16,15 @@ __all__ = ["MetricsServer", "serve_app"]
 
 
 async def serve_app(app: web.Application, *, host: str, port: int,
-                    ssl_context: ssl.SSLContext | None = None) -> tuple[web.AppRunner, int]:
+                    ssl_context: ssl.SSLContext | None = None,
+                    auto_decompress: bool = True) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0: a free port); the runner and the bound port.
 
-    Shared by every HTTP listener of Phoenix; stop it with ``await runner.cleanup()``.
+    Shared by every HTTP listener of Phoenix; stop it with ``await runner.cleanup()``. With
+    ``auto_decompress=False`` handlers get request bodies as sent (``Content-Encoding`` intact).
     """
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           auto_decompress=auto_decompress)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
     await site.start()
