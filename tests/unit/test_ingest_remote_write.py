@@ -59,9 +59,37 @@ UP: Labels = [("__name__", "up"), ("job", "api")]
 
 def test_accepts_a_valid_request(scanner: remote_write.Scanner) -> None:
     data = request_bytes((UP, [(1.0, 10), (0.0, 20)]), ([("__name__", "x"), ("a", "1")], []))
-    keys, samples, histograms, metadata = validate_write_request(data, scanner=scanner)
+    keys, samples, histograms, metadata, spans, other = validate_write_request(
+        data, scanner=scanner
+    )
     assert list(keys) == [series_key(UP), series_key([("__name__", "x"), ("a", "1")])]
-    assert (samples, histograms, metadata) == (2, 0, 0)
+    assert (samples, histograms, metadata, other) == (2, 0, 0, b"")
+    assert spans.dtype == np.uint32 and spans.shape == (2, 4)
+    first = request_bytes((UP, [(1.0, 10), (0.0, 20)]))
+    assert spans.tolist() == [[0, len(first), 2, 0], [len(first), len(data), 0, 0]]
+
+
+def test_spans_cover_each_series_and_other_fields_keep_the_rest(
+    scanner: remote_write.Scanner,
+) -> None:
+    req = remote_pb2.WriteRequest()
+    ts = req.timeseries.add()
+    ts.labels.add(name="__name__", value="up")
+    ts.samples.add(value=1.0, timestamp=1)
+    ts.histograms.add()
+    ts.histograms.add()
+    meta = remote_pb2.WriteRequest()
+    meta.metadata.add(type=1, metric_family_name="up", help="h", unit="")
+    series, metadata = req.SerializeToString(), meta.SerializeToString()
+    unknown = b"\x28\x07"  # field 5, varint 7: kept verbatim
+    data = metadata + series + unknown + series
+    scanned = validate_write_request(data, scanner=scanner)
+    start = len(metadata)
+    second = start + len(series) + len(unknown)
+    assert scanned.spans.tolist() == [[start, start + len(series), 3, 2],
+                                      [second, second + len(series), 3, 2]]
+    assert scanned.other_fields == metadata + unknown
+    assert (scanned.samples, scanned.histograms, scanned.metadata) == (2, 4, 1)
 
 
 def test_decode_gives_a_batch_that_passes_the_bytes_through() -> None:
@@ -70,6 +98,7 @@ def test_decode_gives_a_batch_that_passes_the_bytes_through() -> None:
     assert batch.write_request == data and batch.tenant == "acme"
     assert batch.series_count == 1 and batch.sample_count == 1
     assert batch.series_keys.dtype == np.uint64
+    assert batch.series_spans.tolist() == [[0, len(data), 1, 0]] and batch.other_fields == b""
     cols = batch.columns()
     assert list(cols.values) == [1.0] and list(cols.timestamps) == [10]
     assert cols.label_sets == (tuple(UP),) and list(cols.series_index) == [0]
@@ -84,8 +113,7 @@ def test_unsorted_labels_are_accepted_with_the_same_key(scanner: remote_write.Sc
 def test_nan_inf_and_stale_markers_are_kept(scanner: remote_write.Scanner) -> None:
     values = [math.nan, math.inf, -math.inf, STALE_NAN]
     data = request_bytes((UP, [(v, i) for i, v in enumerate(values)]))
-    _, samples, _, _ = validate_write_request(data, scanner=scanner)
-    assert samples == 4
+    assert validate_write_request(data, scanner=scanner).samples == 4
     batch = decode_remote_write(snappy(data), tenant="t")
     got = batch.columns().values
     assert struct.pack("<d", got[3]) == struct.pack("<Q", 0x7FF0000000000002)
@@ -177,10 +205,15 @@ def test_round_trip(series: list[tuple[tuple[str, dict[str, str]], list[tuple[fl
         built.append((items, points))
     data = request_bytes(*built)
     expected = [series_key(items) for items, _ in built]
-    for scanner in SCANNERS.values():
-        keys, n, _, _ = validate_write_request(data, scanner=scanner)
-        assert [int(k) for k in keys] == expected
-        assert n == sum(len(p) for _, p in built)
+    results = [scanner(data) for scanner in SCANNERS.values()]
+    assert all(r == results[0] for r in results)  # keys, counts, spans, other fields
+    scanned = validate_write_request(data)
+    assert [int(k) for k in scanned.keys] == expected
+    assert scanned.samples == sum(len(p) for _, p in built)
+    assert [data[s:e] for s, e, _, _ in scanned.spans.tolist()] == [
+        request_bytes(one) for one in built
+    ]
+    assert scanned.spans[:, 2].tolist() == [len(p) for _, p in built]
     batch = decode_remote_write(snappy(data), tenant="t")
     cols = batch.columns()
     flat = [v for _, pts in built for v, _ in pts]
@@ -199,8 +232,8 @@ def test_corrupted_requests_never_crash_and_both_scanners_agree(
     results = []
     for scanner in SCANNERS.values():
         try:
-            keys, n, h, m = validate_write_request(bytes(data), scanner=scanner)
-            results.append(("ok", [int(k) for k in keys], n, h, m))
+            keys, n, h, m, spans, other = validate_write_request(bytes(data), scanner=scanner)
+            results.append(("ok", [int(k) for k in keys], n, h, m, spans.tolist(), other))
         except InvalidArgument as exc:
             results.append(("refused", str(exc).split(":")[0]))
     assert all(r[0] == results[0][0] for r in results), results

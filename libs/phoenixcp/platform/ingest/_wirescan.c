@@ -2,13 +2,26 @@
  * _wirescan: scan and validate a Prometheus remote-write WriteRequest in one pass over its
  * bytes, without building a Python object per series or sample (docs/adr/0005).
  *
- *   scan(buffer) -> (keys: bytes, samples: int, histograms: int, metadata: int)
+ *   scan(buffer) -> (keys: bytes, samples: int, histograms: int, metadata: int,
+ *                    spans: bytes, other: bytes)
+ *   gather(buffer, spans, tail) -> bytes
  *
  * `keys` holds one native-endian uint64 per TimeSeries: xxh64 (seed 0) of the series'
- * canonical label bytes (phoenixcp.core.series). On invalid input it raises
- * ValueError(kind: str, series_index: int, detail: bytes); the Python wrapper
- * (remote_write.py) turns that into a message. The pure-Python fallback (_wirescan_py.py)
- * implements the same contract and the tests run both.
+ * canonical label bytes (phoenixcp.core.series). `spans` holds four native uint32 per
+ * TimeSeries, (start, end, points, histograms): buffer[start:end] is the whole top-level
+ * field 1 entry (tag and length included), points counts its float samples plus native
+ * histograms, histograms the latter alone. `other` is every top-level field that is not a
+ * TimeSeries (metadata, unknown fields), verbatim and in order. A buffer over 4 GiB - 1 is
+ * refused ("too_large"). On invalid input scan() raises ValueError(kind: str, series_index:
+ * int, detail: bytes); the Python wrapper (remote_write.py) turns that into a message.
+ *
+ * gather() concatenates buffer[start:end] for each (start, end, ...) row of `spans` (uint32,
+ * four per row, any order, repeats allowed) and then `tail`: MetricBatch.subset() uses it
+ * to build a request from some of the series. It raises ValueError on a span outside the
+ * buffer.
+ *
+ * The pure-Python fallback (_wirescan_py.py) implements the same contract and the tests run
+ * both.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -449,35 +462,61 @@ static int scan_metadata(cur_t c, Py_ssize_t mi, err_t *e) {
     return 0;
 }
 
+typedef struct { uint32_t start, end, points, histograms; } span_t;
+
 static PyObject *scan(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
-    cur_t c = {(const uint8_t *)view.buf, (const uint8_t *)view.buf + view.len};
+    if ((uint64_t)view.len > UINT32_MAX) { /* spans are uint32 offsets */
+        PyBuffer_Release(&view);
+        PyObject *args = Py_BuildValue("(sny#)", "too_large", (Py_ssize_t)0, "", (Py_ssize_t)0);
+        if (args) { PyErr_SetObject(PyExc_ValueError, args); Py_DECREF(args); }
+        return NULL;
+    }
+    const uint8_t *base = (const uint8_t *)view.buf;
+    cur_t c = {base, base + view.len};
     scratch_t s = {NULL, 0, NULL, 0};
     uint64_t *keys = NULL; Py_ssize_t nkeys = 0, kcap = 0, nmeta = 0;
+    span_t *spans = NULL; Py_ssize_t scap = 0;
+    uint8_t *other = NULL; Py_ssize_t nother = 0, ocap = 0;
     uint64_t samples = 0, histograms = 0;
     err_t e = {NULL, -1, NULL, 0};
     int rc = 0;
     Py_BEGIN_ALLOW_THREADS
     while (c.p < c.end) {
         uint32_t num, wt; cur_t sub;
+        const uint8_t *fs = c.p;
         if (field(&c, &num, &wt, &sub) < 0) { rc = MALFORMED(&e, nkeys, "bad field in WriteRequest"); break; }
         if ((num == 1 || num == 3) && wt != 2) { rc = MALFORMED(&e, nkeys, "WriteRequest field with the wrong wire type"); break; }
         if (num == 1) {
-            if (grow((void **)&keys, &kcap, nkeys + 1, sizeof(uint64_t)) < 0) { rc = -2; break; }
+            if (grow((void **)&keys, &kcap, nkeys + 1, sizeof(uint64_t)) < 0
+                || grow((void **)&spans, &scap, nkeys + 1, sizeof(span_t)) < 0) { rc = -2; break; }
+            uint64_t s0 = samples, h0 = histograms;
             rc = scan_series(sub, nkeys, &s, &keys[nkeys], &samples, &histograms, &e);
             if (rc) break;
+            span_t *sp = &spans[nkeys];
+            sp->start = (uint32_t)(fs - base); sp->end = (uint32_t)(c.p - base);
+            sp->histograms = (uint32_t)(histograms - h0);
+            sp->points = (uint32_t)(samples - s0) + sp->histograms;
             nkeys++;
-        } else if (num == 3) {
-            if ((rc = scan_metadata(sub, nmeta, &e))) break;
-            nmeta++;
+        } else {
+            if (num == 3) {
+                if ((rc = scan_metadata(sub, nmeta, &e))) break;
+                nmeta++;
+            }
+            Py_ssize_t n = c.p - fs;
+            if (grow((void **)&other, &ocap, nother + n, 1) < 0) { rc = -2; break; }
+            memcpy(other + nother, fs, (size_t)n); nother += n;
         }
     }
     Py_END_ALLOW_THREADS
     free(s.labels); free(s.canon);
-    if (rc == -2) { free(keys); PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    if (rc == -2) {
+        free(keys); free(spans); free(other); PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
     if (rc) {
-        free(keys);
+        free(keys); free(spans); free(other);
         /* detail points into the buffer: build the error before releasing it */
         PyObject *args = Py_BuildValue("(sny#)", e.kind, e.series,
                                        e.detail ? (const char *)e.detail : "", e.detail_len);
@@ -487,10 +526,47 @@ static PyObject *scan(PyObject *self, PyObject *arg) {
     }
     PyBuffer_Release(&view);
     PyObject *kb = PyBytes_FromStringAndSize((const char *)keys, nkeys * (Py_ssize_t)sizeof(uint64_t));
-    free(keys);
-    if (!kb) return NULL;
-    return Py_BuildValue("(NKKn)", kb, (unsigned long long)samples,
-                         (unsigned long long)histograms, nmeta);
+    PyObject *sb = PyBytes_FromStringAndSize((const char *)spans, nkeys * (Py_ssize_t)sizeof(span_t));
+    PyObject *ob = PyBytes_FromStringAndSize((const char *)other, nother);
+    free(keys); free(spans); free(other);
+    if (!kb || !sb || !ob) { Py_XDECREF(kb); Py_XDECREF(sb); Py_XDECREF(ob); return NULL; }
+    return Py_BuildValue("(NKKnNN)", kb, (unsigned long long)samples,
+                         (unsigned long long)histograms, nmeta, sb, ob);
+}
+
+static PyObject *gather(PyObject *self, PyObject *args) {
+    Py_buffer buf, sp, tail;
+    if (!PyArg_ParseTuple(args, "y*y*y*", &buf, &sp, &tail)) return NULL;
+    PyObject *out = NULL;
+    if (sp.len % (Py_ssize_t)sizeof(span_t)) {
+        PyErr_SetString(PyExc_ValueError, "spans must be rows of four uint32");
+        goto done;
+    }
+    Py_ssize_t rows = sp.len / (Py_ssize_t)sizeof(span_t);
+    const uint8_t *rowp = (const uint8_t *)sp.buf; /* read by memcpy: may be unaligned */
+    uint64_t total = (uint64_t)tail.len;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        span_t r; memcpy(&r, rowp + i * (Py_ssize_t)sizeof(span_t), sizeof r);
+        if (r.start > r.end || r.end > (uint64_t)buf.len) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%u, %u) is outside the %zd-byte buffer",
+                         i, r.start, r.end, buf.len);
+            goto done;
+        }
+        total += r.end - r.start;
+    }
+    if (total > (uint64_t)PY_SSIZE_T_MAX) { PyErr_NoMemory(); goto done; }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!out) goto done;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    const uint8_t *src = (const uint8_t *)buf.buf;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        span_t r; memcpy(&r, rowp + i * (Py_ssize_t)sizeof(span_t), sizeof r);
+        memcpy(o, src + r.start, r.end - r.start); o += r.end - r.start;
+    }
+    memcpy(o, tail.buf, (size_t)tail.len);
+done:
+    PyBuffer_Release(&buf); PyBuffer_Release(&sp); PyBuffer_Release(&tail);
+    return out;
 }
 
 static PyObject *py_xxh64(PyObject *self, PyObject *arg) {
@@ -503,6 +579,7 @@ static PyObject *py_xxh64(PyObject *self, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "Scan and validate a WriteRequest; see the module source."},
+    {"gather", gather, METH_VARARGS, "Concatenate spans of a buffer, then a tail; see the module source."},
     {"xxh64", py_xxh64, METH_O, "xxh64 (seed 0) of a buffer, for tests."},
     {NULL, NULL, 0, NULL},
 };

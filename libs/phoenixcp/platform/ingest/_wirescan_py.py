@@ -1,8 +1,11 @@
 """The pure-Python twin of the ``_wirescan`` C extension, used when it is not built.
 
-Same contract: ``scan(buffer) -> (keys, samples, histograms, metadata)`` where ``keys`` is one
-native-endian uint64 per ``TimeSeries`` (xxh64 of its canonical label bytes), else
-``ValueError(kind, series_index, detail)``. It is slower (a Python loop per label and per
+Same contract: ``scan(buffer) -> (keys, samples, histograms, metadata, spans, other)`` where
+``keys`` is one native-endian uint64 per ``TimeSeries`` (xxh64 of its canonical label bytes),
+``spans`` four native uint32 per ``TimeSeries`` (start, end, points, histograms: see
+``_wirescan.c``) and ``other`` the top-level fields that are not a ``TimeSeries``, verbatim;
+else ``ValueError(kind, series_index, detail)``. ``gather(buffer, spans, tail)`` is
+:func:`phoenixcp.core.batch.gather_spans`. It is slower (a Python loop per label and per
 sample); label sets already validated are remembered by their raw bytes so steady-state
 series skip name validation and hashing. The cache is per process, bounded, and safe under
 the GIL.
@@ -14,9 +17,10 @@ import struct
 
 import xxhash
 
+from phoenixcp.core.batch import gather_spans as gather
 from phoenixcp.core.series import canonical_label_bytes, label_name_problem
 
-__all__ = ["scan"]
+__all__ = ["gather", "scan"]
 
 _CACHE_MAX = 262_144
 _validated: dict[bytes, int] = {}
@@ -167,14 +171,19 @@ def _metadata(buf: bytes, pos: int, end: int, mi: int) -> None:
                 raise ValueError("utf8_metadata", mi, b"") from None
 
 
-def scan(buffer: bytes) -> tuple[bytes, int, int, int]:
+def scan(buffer: bytes) -> tuple[bytes, int, int, int, bytes, bytes]:
     """Scan and validate a WriteRequest; see the module docstring."""
     buf = bytes(buffer)
+    if len(buf) > 0xFFFFFFFF:  # spans are uint32 offsets
+        raise ValueError("too_large", 0, b"")
     keys: list[int] = []
+    spans: list[int] = []
+    other: list[bytes] = []
     samples = histograms = nmeta = 0
     pos, end = 0, len(buf)
     try:
         while pos < end:
+            field_start = pos
             num, wt, start, pos = _field(buf, pos, end)
             if num in (1, 3) and wt != 2:
                 raise ValueError(
@@ -183,11 +192,21 @@ def scan(buffer: bytes) -> tuple[bytes, int, int, int]:
             if num == 1:
                 key, s, h = _series(buf, start, pos, len(keys))
                 keys.append(key)
+                spans += (field_start, pos, s + h, h)
                 samples += s
                 histograms += h
-            elif num == 3:
+                continue
+            if num == 3:
                 _metadata(buf, start, pos, nmeta)
                 nmeta += 1
+            other.append(buf[field_start:pos])
     except _Malformed:
         raise ValueError("malformed", len(keys), b"truncated or invalid protobuf field") from None
-    return struct.pack(f"={len(keys)}Q", *keys), samples, histograms, nmeta
+    return (
+        struct.pack(f"={len(keys)}Q", *keys),
+        samples,
+        histograms,
+        nmeta,
+        struct.pack(f"={len(spans)}I", *spans),
+        b"".join(other),
+    )

@@ -36,9 +36,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 from phoenixcp.api.prometheus import remote_pb2, types_pb2
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.core.series import STALE_NAN
-from phoenixcp.platform.ingest.columns import decode_columns
 from phoenixcp.platform.ingest.otlp_naming import attribute_labels, metric_name, unit_name
-from phoenixcp.platform.ingest.remote_write import validate_write_request
+from phoenixcp.platform.ingest.remote_write import batch_from_scan, validate_write_request
 
 __all__ = ["Rejected", "decode_otlp"]
 
@@ -176,10 +175,8 @@ def decode_otlp(
                     refused += n
                     reasons[reason] += n
     data = w.request.SerializeToString()
-    keys, samples, _, metadata = validate_write_request(data)
-    batch = MetricBatch(tenant=tenant, write_request=data, series_keys=keys,
-                        sample_count=samples, metadata_count=metadata, received_at=start,
-                        decoder=decode_columns)
+    batch = batch_from_scan(data, validate_write_request(data), tenant=tenant,
+                            received_at=start)
     if not refused:
         return batch, Rejected()
     detail = "; ".join(f"{r} ({n} points)" for r, n in reasons.most_common(3))

@@ -3,8 +3,10 @@
 The request is checked in one pass over its bytes by ``_wirescan`` (a C extension, see
 docs/adr/0005; a pure-Python twin with the same contract runs when it is not built). No
 Python object is made per series or per sample: the result is the decompressed bytes, one
-uint64 key per series and counts. A request is accepted whole or refused whole, as
-remote-write has no partial success.
+uint64 key and one byte span per series, the request's other top-level fields (metadata) and
+counts; the spans let :meth:`~phoenixcp.core.batch.MetricBatch.subset` pass on the bytes of
+the series no policy touches. A request is accepted whole or refused whole, as remote-write
+has no partial success.
 
 What is refused (:class:`~phoenixcp.errors.InvalidArgument`, HTTP 400): a body or
 decompressed request over ``max_bytes`` (the snappy length header is read first, so a
@@ -25,12 +27,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import cramjam
 import numpy as np
 import numpy.typing as npt
 
-from phoenixcp.core.batch import MetricBatch
+from phoenixcp.core.batch import MetricBatch, SpanGather
 from phoenixcp.core.series import LABEL_NAME_PATTERN, METRIC_NAME_PATTERN
 from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _wirescan_py
@@ -39,23 +42,45 @@ from phoenixcp.platform.ingest.columns import decode_columns
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "SCANNER",
+    "ScannedRequest",
     "Scanner",
+    "batch_from_scan",
     "decode_remote_write",
     "validate_write_request",
 ]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
-Scanner = Callable[[bytes], tuple[bytes, int, int, int]]
+Scanner = Callable[[bytes], tuple[bytes, int, int, int, bytes, bytes]]
+"""``_wirescan.scan``'s contract: (keys, samples, histograms, metadata, spans, other)."""
 
 try:
     from phoenixcp.platform.ingest import _wirescan  # type: ignore[attr-defined]
 
     _scan: Scanner = _wirescan.scan
+    _gather: SpanGather = _wirescan.gather
     SCANNER = "c"
 except ImportError:  # the extension is not built: same contract, slower
     _scan = _wirescan_py.scan
+    _gather = _wirescan_py.gather
     SCANNER = "python"
+
+
+class ScannedRequest(NamedTuple):
+    """What :func:`validate_write_request` found in a valid ``WriteRequest``.
+
+    ``spans`` has one row ``(start, end, points, histograms)`` per series, in order:
+    ``data[start:end]`` is its whole top-level entry, tag and length included (see
+    :class:`~phoenixcp.core.batch.MetricBatch`). ``other_fields`` is the request's top-level
+    fields that are not series (metadata, unknown fields), verbatim and in order.
+    """
+
+    keys: npt.NDArray[np.uint64]
+    samples: int
+    histograms: int
+    metadata: int
+    spans: npt.NDArray[np.uint32]
+    other_fields: bytes
 
 
 def _show(detail: bytes) -> str:
@@ -70,6 +95,8 @@ def _message(kind: str, index: int, detail: bytes) -> str:
             f"the request is not a valid Prometheus remote-write WriteRequest: "
             f"{detail.decode('utf-8', 'replace')} (at or after series {index})"
         )
+    if kind == "too_large":
+        return "the request is 4 GiB or more; send smaller batches"
     if kind == "utf8_metadata":
         return f"metadata entry {index}: a string is not valid UTF-8; strings must be UTF-8"
     messages = {
@@ -92,19 +119,26 @@ def _message(kind: str, index: int, detail: bytes) -> str:
     return f"{where}: {messages.get(kind, kind)}"
 
 
-def validate_write_request(
-    data: bytes, *, scanner: Scanner | None = None
-) -> tuple[npt.NDArray[np.uint64], int, int, int]:
+def validate_write_request(data: bytes, *, scanner: Scanner | None = None) -> ScannedRequest:
     """Validate an uncompressed ``WriteRequest``; return (series keys, float samples,
-    histogram samples, metadata entries). Raises InvalidArgument naming the series and the
-    problem. ``scanner`` picks an implementation (tests run both); default: the C one if built.
+    histogram samples, metadata entries, series spans, other fields) as a
+    :class:`ScannedRequest`. Raises InvalidArgument naming the series and the problem.
+    ``scanner`` picks an implementation (tests run both); default: the C one if built.
     """
     try:
-        raw, samples, histograms, metadata = (scanner or _scan)(data)
+        raw, samples, histograms, metadata, spans, other = (scanner or _scan)(data)
     except ValueError as exc:
         kind, index, detail = exc.args
-        raise InvalidArgument(_message(kind, index, detail), field=f"timeseries[{index}]") from None
-    return np.frombuffer(raw, dtype=np.uint64), samples, histograms, metadata
+        where = None if kind == "too_large" else f"timeseries[{index}]"
+        raise InvalidArgument(_message(kind, index, detail), field=where) from None
+    return ScannedRequest(
+        np.frombuffer(raw, dtype=np.uint64),
+        samples,
+        histograms,
+        metadata,
+        np.frombuffer(spans, dtype=np.uint32).reshape(-1, 4),
+        other,
+    )
 
 
 def _snappy_length(body: bytes) -> int:
@@ -169,15 +203,32 @@ def decode_remote_write(
     """
     start = time.monotonic_ns() if received_at is None else received_at
     data = decompress(body, content_encoding=content_encoding, max_bytes=max_bytes)
-    keys, samples, histograms, metadata = validate_write_request(data)
+    scanned = validate_write_request(data)
+    return batch_from_scan(data, scanned, tenant=tenant, received_at=start,
+                           compressed=body if data is not body else None)
+
+
+def batch_from_scan(
+    data: bytes,
+    scanned: ScannedRequest,
+    *,
+    tenant: str,
+    received_at: int,
+    compressed: bytes | None = None,
+) -> MetricBatch:
+    """The batch of a ``WriteRequest`` that :func:`validate_write_request` accepted, with
+    this module's columns decoder and the fastest span gather built."""
     return MetricBatch(
         tenant=tenant,
         write_request=data,
-        series_keys=keys,
-        sample_count=samples + histograms,
-        histogram_count=histograms,
-        metadata_count=metadata,
-        received_at=start,
-        compressed=body if data is not body else None,
+        series_keys=scanned.keys,
+        sample_count=scanned.samples + scanned.histograms,
+        histogram_count=scanned.histograms,
+        metadata_count=scanned.metadata,
+        series_spans=scanned.spans,
+        other_fields=scanned.other_fields,
+        received_at=received_at,
+        compressed=compressed,
         decoder=decode_columns,
+        gather=_gather,
     )
