@@ -1,0 +1,101 @@
+"""What one pipeline replica observed of one tenant in one reporting window.
+
+The policy engine (:mod:`phoenixcp.core.policy.engine`) fills these while it works and hands
+them out when a window closes; the window reporter (:mod:`phoenixcp.platform.telemetry`)
+turns them into sketches and ``WindowReport`` messages. Plain values: no sketches here, so
+the engine's per-batch work stays on arrays and the per-window work is proportional to the
+number of distinct series, not of points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from phoenixcp.core.batch import LabelSet
+from phoenixcp.core.policy.model import MetricKind, PriorityClass
+
+__all__ = ["MetricSnapshot", "PointTally", "PolicyTally", "SeriesSeen", "TenantSnapshot"]
+
+
+@dataclass(slots=True)
+class PointTally:
+    """Point counts (``PointCounts`` in telemetry.proto). ``merged`` counts points folded
+    into an aggregate or top-K ``other`` group, ``overflowed`` those folded into a cap's
+    overflow series, ``emitted`` the points the merged groups produced."""
+
+    received: int = 0
+    accepted: int = 0
+    dropped: int = 0
+    merged: int = 0
+    overflowed: int = 0
+    emitted: int = 0
+
+    def add(self, other: PointTally) -> None:
+        self.received += other.received
+        self.accepted += other.accepted
+        self.dropped += other.dropped
+        self.merged += other.merged
+        self.overflowed += other.overflowed
+        self.emitted += other.emitted
+
+
+@dataclass(slots=True)
+class PolicyTally:
+    """One policy's effect on one metric in the window (dry-run policies too)."""
+
+    policy_id: str
+    dry_run: bool
+    matched_points: int = 0
+    matched_series: int = 0
+    changed_points: int = 0
+    output_series: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSeen:
+    """One distinct input series of the window: its key, labels (``__name__`` included,
+    sorted by name), how many points it sent, its last value and its priority class."""
+
+    key: int
+    labels: LabelSet
+    points: int
+    last_value: float
+    priority: PriorityClass = PriorityClass.MEDIUM
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSnapshot:
+    """One metric's window: every distinct input series, and per profile (the active one
+    and every shadow one) the distinct output series keys it produced or would have."""
+
+    name: str
+    kind: MetricKind
+    series: tuple[SeriesSeen, ...]
+    outputs: dict[str, npt.NDArray[np.uint64]]
+    """Profile name → distinct output series keys (uint64), active profile included."""
+    counts: PointTally
+    policies: tuple[PolicyTally, ...] = ()
+    output_points: dict[str, int] = field(default_factory=dict)
+    """Profile name → output points it emitted (or would have); absent profiles count 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSnapshot:
+    """One tenant's window on one replica. Times are unix milliseconds."""
+
+    tenant: str
+    replica_id: str
+    start_ms: int
+    end_ms: int
+    active_profile: str
+    replica_count: int
+    metrics: tuple[MetricSnapshot, ...]
+    counts: PointTally
+    batch_latency_seconds: npt.NDArray[np.float64] = field(
+        default_factory=lambda: np.empty(0, dtype=np.float64))
+    """Receive → durably queued, one value per batch."""
+    rejected_policies: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
+    """``(tenant, policy id, ((field, description), ...))`` of policies this replica refuses."""
