@@ -116,6 +116,22 @@ class CumulativeMerger:
                 out.append(MergedPoint(group, now_ms, STALE_NAN))
         return out
 
+    def seed(self, group: Hashable, series: Hashable, timestamp_ms: int, value: float) -> None:
+        """Start following ``series`` in ``group`` from ``value`` without adding it: only its
+        increases from now on count (a series moved here from another output series)."""
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Group()
+        state.inputs[series] = _Input(value, timestamp_ms)
+
+    def close(self, now_ms: int) -> list[MergedPoint]:
+        """Flush, then end every group with a staleness marker and forget all state (the
+        policy that owned the groups is gone)."""
+        out = self.flush(now_ms)
+        out.extend(MergedPoint(g, now_ms, STALE_NAN) for g in self._groups)
+        self._groups.clear()
+        return out
+
     def total(self, group: Hashable) -> float | None:
         """The current total of ``group``, or None when it has no state."""
         state = self._groups.get(group)

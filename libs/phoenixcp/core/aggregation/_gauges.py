@@ -97,6 +97,13 @@ class GaugeMerger:
             state.dirty = False
         return out
 
+    def close(self, now_ms: int) -> list[MergedPoint]:
+        """Flush, then end every group with a staleness marker and forget all state."""
+        out = self.flush(now_ms)
+        out.extend(MergedPoint(g, now_ms, STALE_NAN) for g in self._groups)
+        self._groups.clear()
+        return out
+
     def _combine(self, state: _Group) -> float:
         latest = state.inputs.values()
         match self.function:

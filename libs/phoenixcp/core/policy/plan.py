@@ -1,0 +1,361 @@
+"""A tenant's policies compiled into a router: which output series each input series feeds.
+
+:class:`Plan` decides once per series (the engine caches the :class:`Route` by series key)
+what happens to it: pass through unchanged, dropped, or merged into an output group by one of
+the plan's merge targets. Action kinds run in a fixed order, so later ones see the output of
+earlier ones: classify → drop → roll-up → aggregate → top-K → cap ("caps count merged
+series"). CRITICAL series are never changed. Dry-run policies are evaluated the same way and
+tallied, but never change the route.
+
+Pure and single-threaded: a plan's caps are state (first come, first served; sticky), so one
+owner calls it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from phoenixcp.core.aggregation import (
+    OVERFLOW_LABEL,
+    REPLICA_LABEL,
+    CapConfig,
+    GaugeFunction,
+    LabelReduction,
+    SeriesCap,
+)
+from phoenixcp.core.batch import LabelSet, MetricType
+from phoenixcp.core.policy.model import (
+    Aggregate,
+    Cap,
+    CapScope,
+    Classify,
+    Drop,
+    MetricKind,
+    PolicySpec,
+    PriorityClass,
+    PriorityRollup,
+    TopK,
+)
+from phoenixcp.core.policy.topk import TopKSet
+from phoenixcp.core.series import METRIC_NAME_LABEL, series_key
+
+__all__ = ["Code", "MergeSpec", "Plan", "Route", "kind_of", "merges_cumulatively"]
+
+_CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+_FAMILY_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+_KEEP_UNDER_OVERFLOW = ("le", "quantile")
+DEFAULT_FLUSH = timedelta(seconds=15)
+OVERFLOW_TARGET = ("overflow",)
+"""The merge target every cap's overflow series share (see :class:`MergeSpec`)."""
+
+
+class Code(enum.IntEnum):
+    """What happens to a series' points."""
+
+    PASS = 0
+    """Exported unchanged; no policy matched."""
+    OBSERVE = 1
+    """Exported unchanged; some policy matched (tallied: dry-run, or a cap that admitted it)."""
+    DROP = 2
+    """Dropped by an enforced drop policy (counted)."""
+    MERGE = 3
+    """Folded into ``Route.group`` by merge target ``Route.target``."""
+    WATCH = 4
+    """Exported unchanged, but its values are read: a top-K policy ranks it."""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeSpec:
+    """One merge target of a plan: the policy that owns it and how it combines values."""
+
+    fingerprint: Hashable
+    policy_id: str
+    gauge_function: GaugeFunction
+    flush_interval: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The decision for one input series (cached by the engine per series key)."""
+
+    code: Code
+    metric: str
+    priority: PriorityClass = PriorityClass.MEDIUM
+    group: LabelSet = ()
+    group_key: int = 0
+    target: MergeSpec | None = None
+    cumulative: bool = False
+    overflow: bool = False
+    tallies: tuple[tuple[str, bool, bool], ...] = ()
+    """``(policy id, dry_run, changes this series)`` of every policy that matched."""
+    caps: tuple[tuple[int, Hashable, int], ...] = ()
+    """``(cap index, scope, identity)`` of every cap the series counts under."""
+    topk: tuple[int, Hashable, Hashable] | None = None
+    """``(top-K index, scope, identity)`` when a top-K policy ranks the series."""
+
+
+def _family(name: str) -> str:
+    for suffix in _FAMILY_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+_TYPE_TO_KIND = {
+    MetricType.COUNTER: MetricKind.COUNTER,
+    MetricType.GAUGE: MetricKind.GAUGE,
+    MetricType.HISTOGRAM: MetricKind.HISTOGRAM,
+    MetricType.GAUGEHISTOGRAM: MetricKind.HISTOGRAM,
+    MetricType.SUMMARY: MetricKind.SUMMARY,
+}
+
+
+def kind_of(name: str, types: Mapping[str, MetricType]) -> MetricKind:
+    """The metric kind from remote-write metadata (by metric or family name), else UNKNOWN."""
+    found = types.get(name)
+    if found is None:
+        found = types.get(_family(name))
+    return MetricKind.UNKNOWN if found is None else _TYPE_TO_KIND.get(found, MetricKind.UNKNOWN)
+
+
+def merges_cumulatively(name: str, kind: MetricKind, labels: Mapping[str, str]) -> bool:
+    """Whether merged values of this series are summed as a cumulative counter.
+
+    Counters, histogram series and a summary's ``_sum``/``_count`` are. Without metadata
+    (Prometheus sends it apart from samples) the Prometheus naming conventions decide:
+    ``_total``, ``_bucket``, ``_count`` and ``_sum`` are cumulative; everything else,
+    summary quantiles included, merges as a gauge (ADR 0007).
+    """
+    if kind in (MetricKind.COUNTER, MetricKind.HISTOGRAM):
+        return True
+    if kind is MetricKind.SUMMARY:
+        return "quantile" not in labels
+    if kind is MetricKind.GAUGE:
+        return False
+    return name.endswith(_CUMULATIVE_SUFFIXES) and "quantile" not in labels
+
+
+def _identity(labels: Mapping[str, str]) -> int:
+    """What a cap or top-K counts: the output series without ``le``/``quantile``, so all
+    buckets of one histogram series share one decision."""
+    return series_key((n, v) for n, v in labels.items()
+                      if n not in _KEEP_UNDER_OVERFLOW and n != REPLICA_LABEL)
+
+
+def _with_replica(labels: Mapping[str, str], replica: str) -> LabelSet:
+    out = {n: v for n, v in labels.items() if v}
+    out[REPLICA_LABEL] = replica
+    return tuple(sorted(out.items()))
+
+
+@dataclass(slots=True)
+class _CapState:
+    policy: PolicySpec
+    action: Cap
+    cap: SeriesCap
+
+
+@dataclass(slots=True)
+class _TopKState:
+    policy: PolicySpec
+    action: TopK
+    window_ms: int
+    next_rank_ms: int = 0
+    sets: dict[Hashable, TopKSet] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Compiled:
+    classify: list[PolicySpec] = field(default_factory=list)
+    drop: list[PolicySpec] = field(default_factory=list)
+    aggregate: list[PolicySpec] = field(default_factory=list)
+    top_k: list[_TopKState] = field(default_factory=list)
+    cap: list[_CapState] = field(default_factory=list)
+
+
+class Plan:
+    """Routes series for one tenant under one ordered set of policies.
+
+    ``replica`` is this pipeline replica's id; every merged output series carries it as
+    ``phoenix_replica`` so replicas never overwrite each other's partial results. Top-K
+    sets live in the plan (see :mod:`phoenixcp.core.policy.topk`).
+    """
+
+    def __init__(self, policies: Sequence[PolicySpec], *, replica: str) -> None:
+        self.policies = tuple(sorted(policies, key=PolicySpec.sort_key))
+        self.replica = replica
+        self.signature = tuple(p.fingerprint for p in self.policies)
+        self._c = _Compiled()
+        self.unsupported: list[str] = []
+        for p in self.policies:
+            match p.action:
+                case Classify():
+                    self._c.classify.append(p)
+                case Drop():
+                    self._c.drop.append(p)
+                case Aggregate():
+                    self._c.aggregate.append(p)
+                case TopK() as top_k:
+                    self._c.top_k.append(_TopKState(
+                        p, top_k, int(top_k.ranking_window.total_seconds() * 1000)))
+                case Cap() as cap:
+                    self._c.cap.append(_CapState(p, cap, SeriesCap(config=CapConfig(
+                        max_series=cap.max_series, idle_timeout=cap.idle_timeout))))
+
+    @property
+    def targets(self) -> frozenset[Hashable]:
+        """Fingerprints of the merge targets this plan may route to."""
+        out: set[Hashable] = {p.fingerprint for p in self.policies}
+        if self._c.cap:
+            out.add(OVERFLOW_TARGET)
+        return frozenset(out)
+
+    @property
+    def empty(self) -> bool:
+        """No policy at all: every series passes and nothing needs decoding."""
+        return not self.policies
+
+    def route(self, labels: LabelSet, kind: MetricKind, now_ms: int) -> Route:
+        """Decide what happens to the series ``labels`` (``__name__`` included)."""
+        d = dict(labels)
+        name = d.get(METRIC_NAME_LABEL, "")
+        tallies: list[tuple[str, bool, bool]] = []
+        caps: list[tuple[int, Hashable, int]] = []
+        priority, rollup = self._classify(name, d, kind, tallies)
+        if priority is PriorityClass.CRITICAL:
+            return Route(Code.OBSERVE if tallies else Code.PASS, name, priority,
+                         tallies=tuple(tallies))
+        for p in self._c.drop:
+            if p.match.matches(name, d, kind):
+                tallies.append((p.id, not p.enforced, True))
+                if p.enforced:
+                    return Route(Code.DROP, name, priority, tallies=tuple(tallies))
+        out: dict[str, str] | None = None
+        target: MergeSpec | None = None
+        overflow = False
+        if rollup is not None:
+            policy, roll = rollup
+            out = {n: v for n, v in d.items() if n not in roll.without}
+            out[roll.others_label] = "others"
+            target = MergeSpec(policy.fingerprint, policy.id, roll.gauge_function, DEFAULT_FLUSH)
+        current = d if out is None else out
+        for p in self._c.aggregate:
+            if not p.match.matches(name, d, kind):
+                continue
+            assert isinstance(p.action, Aggregate)
+            reduced = dict(LabelReduction(by=p.action.by, without=p.action.without)
+                           .apply(tuple(current.items())))
+            tallies.append((p.id, not p.enforced, reduced != current))
+            if p.enforced and out is None:
+                out = reduced
+                current = out
+                target = MergeSpec(p.fingerprint, p.id, p.action.gauge_function,
+                                   p.action.flush_interval)
+        topk: tuple[int, Hashable, Hashable] | None = None
+        watch = False
+        cumulative = merges_cumulatively(name, kind, d)
+        for index, tk in enumerate(self._c.top_k):
+            p = tk.policy
+            if not p.match.matches(name, d, kind):
+                continue
+            partition = tuple((n, current.get(n, "")) for n in tk.action.partition_by)
+            scope: Hashable = (name, partition)
+            identity = _identity(current)
+            members = tk.sets.get(scope)
+            if members is None:
+                members = tk.sets[scope] = TopKSet(tk.action, cumulative)
+                if not tk.next_rank_ms:
+                    tk.next_rank_ms = now_ms + tk.window_ms
+            kept = members.place(identity)
+            tallies.append((p.id, not p.enforced, not kept))
+            if p.enforced and topk is None:
+                topk = (index, scope, identity)
+                if kept:
+                    watch = True
+                else:
+                    kept_labels = {n: current[n] for n in _KEEP_UNDER_OVERFLOW if current.get(n)}
+                    out = {METRIC_NAME_LABEL: name, **dict(partition),
+                           tk.action.other_label: "other", **kept_labels}
+                    current = out
+                    target = MergeSpec(p.fingerprint, p.id, tk.action.gauge_function,
+                                       DEFAULT_FLUSH)
+        for index, state in enumerate(self._c.cap):
+            p = state.policy
+            if not p.match.matches(name, d, kind):
+                continue
+            scope = name if state.action.scope is CapScope.PER_METRIC else ""
+            identity = _identity(current)
+            admitted = state.cap.admit(scope, identity, now_ms)
+            caps.append((index, scope, identity))
+            tallies.append((p.id, not p.enforced, not admitted))
+            if not admitted and p.enforced and not overflow:
+                overflow = True
+                kept_labels = {n: current[n] for n in _KEEP_UNDER_OVERFLOW if current.get(n)}
+                out = {METRIC_NAME_LABEL: name, OVERFLOW_LABEL: "true", **kept_labels}
+                current = out
+                # One overflow series per metric, whichever cap sent a series there: all
+                # caps share one merge target, so two never write the same output series.
+                target = MergeSpec(OVERFLOW_TARGET, p.id, state.action.gauge_function,
+                                   DEFAULT_FLUSH)
+        if out is None or target is None:
+            code = Code.WATCH if watch else Code.OBSERVE if tallies else Code.PASS
+            return Route(code, name, priority, tallies=tuple(tallies), caps=tuple(caps),
+                         topk=topk)
+        group = _with_replica(out, self.replica)
+        return Route(Code.MERGE, name, priority, group=group, group_key=series_key(group),
+                     target=target, cumulative=cumulative, overflow=overflow,
+                     tallies=tuple(tallies), caps=tuple(caps), topk=topk)
+
+    def _classify(self, name: str, d: dict[str, str], kind: MetricKind,
+                  tallies: list[tuple[str, bool, bool]]
+                  ) -> tuple[PriorityClass, tuple[PolicySpec, PriorityRollup] | None]:
+        priority = PriorityClass.MEDIUM
+        decided = False
+        rollup: tuple[PolicySpec, PriorityRollup] | None = None
+        for p in self._c.classify:
+            if not p.match.matches(name, d, kind):
+                continue
+            assert isinstance(p.action, Classify)
+            found = p.action.classify(d)
+            roll = next((r for r in p.action.rollups if r.priority_class is found), None)
+            tallies.append((p.id, not p.enforced, roll is not None))
+            if p.enforced and not decided:
+                decided = True
+                priority = found
+                rollup = None if roll is None else (p, roll)
+        return priority, rollup
+
+    def touch(self, route: Route, now_ms: int) -> None:
+        """Mark a routed series as alive for its caps (once per window per series seen)."""
+        for index, scope, identity in route.caps:
+            self._c.cap[index].cap.admit(scope, identity, now_ms)
+
+    def weigh(self, route: Route, series: Hashable, value: float) -> None:
+        """Count one point of a top-K ranked series towards its rank."""
+        if route.topk is not None:
+            index, scope, identity = route.topk
+            self._c.top_k[index].sets[scope].weigh(identity, series, value)
+
+    def rerank(self, now_ms: int) -> set[tuple[int, Hashable, Hashable]]:
+        """End the ranking windows that are due; returns the ``Route.topk`` of every series
+        that moved (promoted or demoted), whose routes must be computed again."""
+        moved: set[tuple[int, Hashable, Hashable]] = set()
+        for index, tk in enumerate(self._c.top_k):
+            if not tk.next_rank_ms or now_ms < tk.next_rank_ms:
+                continue
+            tk.next_rank_ms = now_ms + tk.window_ms
+            for scope, members in tk.sets.items():
+                promoted, demoted = members.rerank()
+                moved.update((index, scope, i) for i in (*promoted, *demoted))
+        return moved
+
+    @property
+    def ranks(self) -> bool:
+        return bool(self._c.top_k)
+
+    def expire_caps(self, now_ms: int) -> int:
+        """Forget cap places idle past their timeout; returns how many were freed."""
+        return sum(s.cap.expire(now_ms) for s in self._c.cap)

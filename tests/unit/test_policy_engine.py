@@ -1,0 +1,205 @@
+"""The policy engine on real remote-write batches: what passes, drops and merges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pytest
+
+from phoenixcp.api.prometheus import remote_pb2
+from phoenixcp.core.aggregation import OVERFLOW_LABEL, REPLICA_LABEL
+from phoenixcp.core.batch import LabelSet, MetricBatch
+from phoenixcp.core.policy.engine import MergedOutput, PolicyEngine
+from phoenixcp.core.policy.model import (
+    Aggregate,
+    Cap,
+    Classify,
+    Drop,
+    LabelMatcher,
+    MatchOp,
+    MetricSelector,
+    PolicyMode,
+    PolicySpec,
+    PriorityClass,
+    PriorityRule,
+    ProfileSpec,
+)
+from phoenixcp.core.series import is_stale_marker
+from phoenixcp.platform.ingest import decode_remote_write
+
+pytestmark = pytest.mark.unit
+
+FULL = ProfileSpec(name="full")
+
+
+@dataclass
+class Source:
+    active: ProfileSpec = FULL
+    own: tuple[PolicySpec, ...] = ()
+    others: tuple[ProfileSpec, ...] = ()
+    extra: dict[str, ProfileSpec] = field(default_factory=dict)
+
+    @property
+    def profiles(self) -> Mapping[str, ProfileSpec]:
+        return {p.name: p for p in (self.active, *self.others)}
+
+    def profile_for(self, tenant: str) -> ProfileSpec:
+        return self.active
+
+    def policies_for(self, tenant: str, now: datetime) -> tuple[PolicySpec, ...]:
+        return tuple(self.active.policies) + self.own
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ms = 1_700_000_000_000
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+Series = tuple[dict[str, str], float]
+
+
+def batch(series: list[Series], ts: int, tenant: str = "acme") -> MetricBatch:
+    request = remote_pb2.WriteRequest()
+    for labels, value in series:
+        ts_ = request.timeseries.add()
+        for name, v in sorted(labels.items()):
+            ts_.labels.add(name=name, value=v)
+        ts_.samples.add(value=value, timestamp=ts)
+    return decode_remote_write(request.SerializeToString(), tenant=tenant,
+                               content_encoding="identity")
+
+
+def parsed(b: MetricBatch | None) -> dict[LabelSet, float]:
+    if b is None:
+        return {}
+    request = remote_pb2.WriteRequest.FromString(b.write_request)
+    return {tuple((lb.name, lb.value) for lb in s.labels): s.samples[-1].value
+            for s in request.timeseries}
+
+
+def merged(outputs: list[MergedOutput]) -> dict[LabelSet, float]:
+    return {labels: v for o in outputs for labels, _, v in o.points}
+
+
+def req(user: int, value: float, *, route: str = "/a", name: str = "http_requests_total"
+        ) -> Series:
+    return ({"__name__": name, "route": route, "user_id": f"u{user}"}, value)
+
+
+def engine_with(*policies: PolicySpec, clock: Clock | None = None) -> PolicyEngine:
+    engine = PolicyEngine(replica_id="r1", clock_ms=clock or Clock())
+    engine.apply(Source(own=policies))
+    return engine
+
+
+def test_without_policies_the_batch_passes_as_it_came() -> None:
+    engine = engine_with()
+    b = batch([req(1, 1.0), req(2, 2.0)], 1000)
+    outcome = engine.process(b)
+    assert outcome.passthrough is b
+    assert outcome.tally.received == outcome.tally.accepted == 2
+    assert engine.flush(force=True) == []
+
+
+def test_drop_removes_only_matching_series_and_counts_them() -> None:
+    engine = engine_with(PolicySpec(id="no-debug", action=Drop(),
+                                    match=MetricSelector(metric_name="debug_info")))
+    b = batch([req(1, 1.0), ({"__name__": "debug_info", "x": "1"}, 5.0)], 1000)
+    outcome = engine.process(b)
+    assert outcome.tally.dropped == 1
+    assert [dict(k)["__name__"] for k in parsed(outcome.passthrough)] == ["http_requests_total"]
+
+
+def test_aggregate_without_sums_counters_per_remaining_labels_with_the_replica_label() -> None:
+    clock = Clock()
+    engine = engine_with(PolicySpec(id="no-user", action=Aggregate(without=("user_id",)),
+                                    match=MetricSelector(metric_name="http_requests_total")),
+                         clock=clock)
+    out = engine.process(batch([req(1, 3.0), req(2, 4.0), req(3, 10.0, route="/b")], 1000))
+    assert out.passthrough is None and out.tally.merged == 3
+    clock.ms += 15_000
+    sums = merged(engine.flush())
+    a = (("__name__", "http_requests_total"), (REPLICA_LABEL, "r1"), ("route", "/a"))
+    b = (("__name__", "http_requests_total"), (REPLICA_LABEL, "r1"), ("route", "/b"))
+    assert sums == {a: 7.0, b: 10.0}
+    # u1 resets (3 -> 1): the total keeps counting up, as rate() reads a reset.
+    engine.process(batch([req(1, 1.0), req(2, 6.0)], 20_000))
+    clock.ms += 15_000
+    assert merged(engine.flush())[a] == 7.0 + 1.0 + 2.0
+
+
+def test_cap_keeps_the_first_series_and_overflow_carries_the_rest_exactly() -> None:
+    clock = Clock()
+    engine = engine_with(PolicySpec(id="cap2", action=Cap(max_series=2)), clock=clock)
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    out = engine.process(batch([req(i, v) for i, v in enumerate(values)], 1000))
+    kept = parsed(out.passthrough)
+    assert len(kept) == 2 and out.tally.overflowed == 3
+    overflow = merged(engine.flush(force=True))
+    (labels, total), = overflow.items()
+    assert dict(labels) == {"__name__": "http_requests_total", OVERFLOW_LABEL: "true",
+                            REPLICA_LABEL: "r1"}
+    assert sum(kept.values()) + total == sum(values)
+
+
+def test_critical_series_survive_every_policy() -> None:
+    classify = PolicySpec(id="tiers", action=Classify(rules=(PriorityRule(
+        PriorityClass.CRITICAL, (LabelMatcher("route", MatchOp.EQUAL, "/checkout"),)),)))
+    engine = engine_with(classify, PolicySpec(id="drop-all", action=Drop()))
+    out = engine.process(batch([req(1, 1.0), req(2, 2.0, route="/checkout")], 1000))
+    assert [dict(k)["route"] for k in parsed(out.passthrough)] == ["/checkout"]
+    assert out.tally.dropped == 1
+
+
+def test_dry_run_changes_nothing_and_reports_what_it_would_do() -> None:
+    clock = Clock()
+    engine = engine_with(PolicySpec(id="would-drop", action=Drop(), mode=PolicyMode.DRY_RUN),
+                         clock=clock)
+    b = batch([req(1, 1.0), req(2, 2.0)], 1000)
+    assert engine.process(b).passthrough is b
+    clock.ms += 10_000
+    (snap,) = engine.close_window()
+    (metric,) = snap.metrics
+    (tally,) = metric.policies
+    assert (tally.policy_id, tally.dry_run, tally.matched_series, tally.changed_points) == (
+        "would-drop", True, 2, 2)
+
+
+def test_switching_profile_applies_at_the_next_batch_and_ends_old_groups() -> None:
+    clock = Clock()
+    engine = PolicyEngine(replica_id="r1", clock_ms=clock)
+    aggressive = ProfileSpec(name="aggressive", policies=(
+        PolicySpec(id="no-user", action=Aggregate(without=("user_id",))),))
+    engine.apply(Source(active=aggressive, others=(FULL,)))
+    assert engine.process(batch([req(1, 1.0), req(2, 2.0)], 1000)).passthrough is None
+    engine.apply(Source(active=FULL, others=(aggressive,)))
+    # The old groups' last totals and then staleness markers are queued at the switch.
+    final = [p for o in engine.flush() for p in o.points]
+    assert [v for _, _, v in final if not is_stale_marker(v)] == [3.0]
+    assert sum(is_stale_marker(v) for _, _, v in final) == 1
+    b = batch([req(1, 2.0), req(2, 3.0)], 2000)
+    assert engine.process(b).passthrough is b
+
+
+def test_window_reports_distinct_series_and_every_profiles_output() -> None:
+    clock = Clock()
+    engine = PolicyEngine(replica_id="r1", clock_ms=clock)
+    balanced = ProfileSpec(name="balanced", policies=(
+        PolicySpec(id="no-user", action=Aggregate(without=("user_id",))),))
+    engine.apply(Source(active=FULL, others=(balanced,)))
+    for t in range(3):
+        engine.process(batch([req(u, float(t), route=f"/{u % 2}") for u in range(10)],
+                             1000 + t))
+    clock.ms += 10_000
+    (snap,) = engine.close_window(replica_count=3)
+    (metric,) = snap.metrics
+    assert snap.active_profile == "full" and snap.replica_count == 3
+    assert len(metric.series) == 10 and sum(s.points for s in metric.series) == 30
+    assert len(metric.outputs["full"]) == 10
+    assert len(metric.outputs["balanced"]) == 2  # /0 and /1
+    assert metric.counts.received == 30
