@@ -1,6 +1,7 @@
 """Relay throughput and cost, Phoenix's metrics-pipeline side by side with vmagent.
 
     .venv/bin/python bench/pipeline/run.py --target vmagent|phoenix|both --duration 20 --rounds 3
+    .venv/bin/python bench/pipeline/run.py --scenario cap|drop-label ...   # issue 5's (b), (c)
 
 Needs wrk, taskset and vmagent (``scripts/ensure_system_deps.sh --bench`` installs them) and two
 cores. Before anything is timed it writes the workload (bench/pipeline/workload.py: 101k series,
@@ -45,6 +46,19 @@ issue's target p99 ≤ 5 ms) and ``phoenix_export_end_to_end_seconds`` (appended
 queue → acknowledged by the backend; the target p99 ≤ the exporter's flush interval, 1 s, + 50
 ms). Their p99 is interpolated within a histogram bucket as PromQL's histogram_quantile does;
 the share of observations in the buckets at or under the target is exact.
+
+``--scenario`` (bench/pipeline/scenarios.py; default ``plain``, the above) ``cap`` or
+``drop-label`` adds a 10% ``user_id`` bomb to the workload (15 rounds) and gives each relay the
+scenario's configuration: vmagent flags, Phoenix ``pipeline.static_policies`` from
+bench/pipeline/policies/. A relay then forwards fewer samples than it accepts, so the drain
+waits for accepted - dropped - merged + merged-output samples by the relay's own counters
+(vmagent's ``*_rows_dropped_total``; Phoenix's ``phoenix_policy_points_total`` by action, the
+hook in relays.py) or, while a relay does not report them, for an empty queue and a sink quiet
+for ``--quiet`` s; samples per CPU-second counts every accepted sample once drained. It also
+prints the samples the relay dropped (and their share of those accepted), the samples Phoenix
+merged, and the distinct series the sink received from the relay (warm-up included). Every
+run prints the share of the driver core that the sink, wrk and this script used while loaded,
+so a saturated driver shows.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -62,7 +77,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -71,7 +86,8 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from otlp_driver import counts as otlp_counts  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from relays import PhoenixRelay, Relay, VmagentRelay, process_tree_cpu, rss  # noqa: E402
+from relays import Disposal, PhoenixRelay, Relay, VmagentRelay, process_tree_cpu, rss  # noqa: E402
+from scenarios import SCENARIOS, Scenario  # noqa: E402
 from workload import SAMPLES_PER_REQUEST, write_workload  # noqa: E402
 
 from phoenixcp.platform.embedded import free_port  # noqa: E402
@@ -116,6 +132,18 @@ def sink_process(cpu: int) -> Iterator[str]:
 
 def sink_samples(sink_url: str) -> int:
     return int(get_json(f"{sink_url}/stats")["samples"])
+
+
+def sink_reset(sink_url: str) -> None:
+    """Forget the distinct series the sink has seen (a new relay starts)."""
+    with _HTTP.open(urllib.request.Request(f"{sink_url}/reset", method="POST"), timeout=15):
+        pass
+
+
+def children_cpu() -> float:
+    """CPU seconds of this script's waited-for children (wrk, otlp_driver.py)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_wrk(args: argparse.Namespace, url: str, workload: Path, count: int, seconds: float,
@@ -190,14 +218,34 @@ def _drive(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Path
             "wrk_interval_ms": interval_ms or None}
 
 
-def wait_drained(sink_url: str, target: int, timeout: float) -> bool:
-    """Poll the sink until it has ``target`` samples; False if ``timeout`` passes first."""
+def wait_drained(relay: Relay, sink_url: str, sink0: int, accepted: int,
+                 disposal0: Disposal | None, *, policies: bool, timeout: float,
+                 quiet: float) -> bool:
+    """Poll until the sink has every accepted sample the relay still owes it; False if
+    ``timeout`` passes first. Owed: ``accepted`` less what the relay's counters (read every
+    0.5 s) say it dropped or merged, plus the merged points it queued. A relay with
+    ``policies`` and no counters is drained when its queue is empty and the sink has not
+    moved for ``quiet`` s; one without policies owes every sample."""
     deadline = time.monotonic() + timeout
-    while sink_samples(sink_url) < target:
-        if time.monotonic() > deadline:
+    owed, disposal_read = accepted, 0.0
+    last, since = -1, time.monotonic()
+    while True:
+        now = time.monotonic()
+        if disposal0 is not None and now - disposal_read >= 0.5:
+            disposal, disposal_read = relay.disposal(), now
+            if disposal is not None:
+                owed = accepted - (disposal - disposal0).not_forwarded_as_is
+        sink = sink_samples(sink_url)
+        if disposal0 is not None or not policies:
+            if sink - sink0 >= owed:
+                return True
+        elif sink != last:
+            last, since = sink, now
+        elif now - since >= quiet and not relay.queue_bytes():
+            return True
+        if now > deadline:
             return False
         time.sleep(0.1)
-    return True
 
 
 INGEST_HISTOGRAM = "phoenix_pipeline_ingest_seconds"
@@ -276,34 +324,46 @@ def verdict(summary: dict[str, Any] | None) -> str:
 def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Path, count: int,
             seconds: float, rate: float | None = None) -> dict[str, Any]:
     """Warm up, then one measured load + drain on a running relay."""
+    scenario: Scenario = args.scenario_spec
     pid = relay.pid
-    if args.warmup > 0:
-        drive(args, relay, sink_url, workload, count, args.warmup, rate)
-        time.sleep(0.5)
-        before = sink_samples(sink_url)
-        settle_deadline = time.monotonic() + args.drain_timeout
-        while time.monotonic() < settle_deadline:  # until the sink count stops moving
-            time.sleep(0.5)
-            now = sink_samples(sink_url)
-            if now == before:
-                break
-            before = now
+    policies = bool(scenario.policy_file)
+    if args.warmup > 0:  # then drained as the measured load is, so none of it is counted there
+        disposal_w, sink_w = relay.disposal(), sink_samples(sink_url)
+        warm = drive(args, relay, sink_url, workload, count, args.warmup, rate)
+        wait_drained(relay, sink_url, sink_w, warm["samples"], disposal_w, policies=policies,
+                     timeout=args.drain_timeout, quiet=args.quiet)
     buckets0 = latency_buckets(relay, args.protocol) if args.mode == "latency" else None
-    sink0, cpu0, queue0 = sink_samples(sink_url), process_tree_cpu(pid), relay.queue_bytes()
+    disposal0 = relay.disposal()
+    stats0 = get_json(f"{sink_url}/stats")
+    sink0, cpu0, queue0 = int(stats0["samples"]), process_tree_cpu(pid), relay.queue_bytes()
+    own0, children0 = time.process_time(), children_cpu()
     began = time.monotonic()
     load = drive(args, relay, sink_url, workload, count, seconds, rate)
     loaded = time.monotonic() - began
-    sink1, queue1 = sink_samples(sink_url), relay.queue_bytes()
+    own1, children1 = time.process_time(), children_cpu()
+    stats1 = get_json(f"{sink_url}/stats")
+    sink1, queue1 = int(stats1["samples"]), relay.queue_bytes()
     if load["sink_delta"] is not None:  # the OTLP driver read the sink when its clock ran
         loaded, forwarded_loaded = load["seconds"], load["sink_delta"]
     else:
         forwarded_loaded = sink1 - sink0
     accepted = load["samples"]
-    drained = wait_drained(sink_url, sink0 + accepted, args.drain_timeout)
+    drained = wait_drained(relay, sink_url, sink0, accepted, disposal0, policies=policies,
+                           timeout=args.drain_timeout, quiet=args.quiet)
     sink2, cpu2 = sink_samples(sink_url), process_tree_cpu(pid)
+    disposal2 = relay.disposal()
+    disposed = disposal2 - disposal0 if disposal0 is not None and disposal2 is not None else None
     cpu = cpu2 - cpu0
-    through = min(accepted, sink2 - sink0)
+    forwarded = sink2 - sink0
+    through = accepted if drained and disposed is not None else min(
+        accepted, forwarded + (disposed.not_forwarded_as_is if disposed else 0))
+    if drained and disposed is None and policies:
+        through = accepted  # drained by the quiet rule: every accepted sample was dealt with
     hwm, current = rss(pid)
+
+    def share(key: str) -> float:
+        return (float(stats1[key]) - float(stats0[key])) / loaded
+
     result: dict[str, Any] = {
         "accepted_samples_per_s": accepted / load["seconds"],
         "forwarded_samples_per_s": forwarded_loaded / loaded,
@@ -322,6 +382,21 @@ def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Pat
         "load_seconds": load["seconds"],
         "paced_requests_per_s": rate,
         "wrk_interval_ms": load["wrk_interval_ms"],
+        "samples_accepted": accepted,
+        "samples_forwarded": forwarded,
+        "samples_dropped": disposed.dropped if disposed else None,
+        "dropped_share": disposed.dropped / accepted if disposed and accepted else None,
+        # vmagent merges nothing: "-", not 0
+        "samples_merged": disposed.merged if disposed and isinstance(relay, PhoenixRelay)
+        else None,
+        "merged_points_emitted": disposed.emitted if disposed and isinstance(relay, PhoenixRelay)
+        else None,
+        "disposal_by_action": dict(disposed.by_action) if disposed else None,
+        "sink_cpu_share": share("cpu_seconds"),
+        "sink_scan_cpu_share": share("scan_cpu_seconds"),
+        "sink_distinct_cpu_share": share("distinct_cpu_seconds"),
+        "driver_cpu_share": share("cpu_seconds") + (own1 - own0 + children1 - children0)
+        / loaded,
     }
     if load["points"] is not None:  # OTLP: data points as well as the samples they become
         per_point = load["samples_per_point"]
@@ -356,11 +431,14 @@ def measure(args: argparse.Namespace, relay: Relay, sink_url: str, workload: Pat
 
 def make_relay(target: str, args: argparse.Namespace, sink_url: str, work: Path) -> Relay:
     data_dir = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=work))
+    scenario: Scenario = args.scenario_spec
     if target == "vmagent":
         return VmagentRelay(data_dir=data_dir, sink_write_url=f"{sink_url}/api/v1/write",
-                            cpu=args.relay_cpu)
+                            cpu=args.relay_cpu, extra_args=scenario.vmagent_args,
+                            relabel_config=scenario.vmagent_relabel_config)
     return PhoenixRelay(data_dir=data_dir, sink_write_url=f"{sink_url}/api/v1/write",
-                        cpu=args.relay_cpu, driver_cpu=args.driver_cpu)
+                        cpu=args.relay_cpu, driver_cpu=args.driver_cpu,
+                        static_policies=scenario.policies())
 
 
 def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
@@ -372,6 +450,7 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
     for n in range(args.rounds):
         relay = make_relay(target, args, sink_url, work)
         relay.start()
+        sink_reset(sink_url)
         try:
             if args.mode == "latency" and n == 0:
                 if args.rate:
@@ -390,6 +469,8 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
                     f"{args.load_fraction:g} x = {rate:.1f} req/s "
                     f"({rate * args.per_request:,.0f} {unit}/s; {how})")
             result = measure(args, relay, sink_url, workload, count, args.duration, rate)
+            result["distinct_series"] = get_json(f"{sink_url}/stats?distinct=1")[
+                "distinct_series"]
         finally:
             relay.stop()
         rounds.append(result)
@@ -408,6 +489,14 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
             line += f", server ingest p99 {result['ingest_p99_ms']:.2f} ms"
         if result.get("e2e_p99_ms") is not None:
             line += f", end-to-end p99 {result['e2e_p99_ms']:.0f} ms"
+        if result["samples_dropped"]:
+            line += (f", dropped {result['samples_dropped']:,} "
+                     f"({result['dropped_share']:.2%})")
+        if result["samples_merged"]:
+            line += f", merged {result['samples_merged']:,}"
+        if result["distinct_series"] is not None:
+            line += f", sink saw {result['distinct_series']:,} series"
+        line += f", driver core {result['driver_cpu_share']:.0%} busy"
         if result["requests_refused"] or not result["drained"]:
             line += (f" [refused {result['requests_refused']} {result['errors']}, "
                      f"drained {result['drained']}]")
@@ -427,6 +516,10 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--target", choices=("vmagent", "phoenix", "both"), default="both")
+    parser.add_argument("--scenario", choices=tuple(SCENARIOS), default="plain",
+                        help="plain: forward everything; cap: + a 10%% user_id bomb, series "
+                             "limit 120k; drop-label: + the bomb, user_id removed "
+                             "(bench/pipeline/scenarios.py)")
     parser.add_argument("--protocol", choices=("remote-write", "otlp"), default="remote-write",
                         help="otlp: OTLP/gRPC into Phoenix only (vmagent 1.79 has no OTLP "
                              "receiver)")
@@ -434,14 +527,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--drain-timeout", type=float, default=60.0)
+    parser.add_argument("--quiet", type=float, default=3.0,
+                        help="a relay with policies but no counters of them is drained when "
+                             "its queue is empty and the sink has not moved for this long")
     parser.add_argument("--connections", type=int, default=16,
                         help="wrk connections; with otlp, calls in flight")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--otlp-channels", type=int, default=2,
                         help="gRPC channels (HTTP/2 connections) the OTLP calls share")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workload-rounds", type=int, default=3,
-                        help="scrape rounds of the 101k series in the workload (101 bodies each)")
+    parser.add_argument("--workload-rounds", type=int, default=None,
+                        help="scrape rounds of the 101k series in the workload (101 bodies "
+                             "each; 112 with the bomb); default 3, 15 with the bomb")
     parser.add_argument("--relay-cpu", type=int, default=0)
     parser.add_argument("--driver-cpu", type=int, default=1)
     parser.add_argument("--mode", choices=("throughput", "latency"), default="throughput")
@@ -452,7 +549,19 @@ def main() -> None:
                         help="latency mode: seconds of the unpaced capacity probe")
     parser.add_argument("--load-fraction", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print how each relay is started for the scenario (vmagent's "
+                             "command line, Phoenix's config file) and exit")
     args = parser.parse_args()
+    args.scenario_spec = SCENARIOS[args.scenario]
+    if args.show_config:
+        show_config(args)
+        return
+    if args.workload_rounds is None:
+        args.workload_rounds = args.scenario_spec.workload_rounds
+    if args.protocol == "otlp" and args.scenario != "plain":
+        raise SystemExit(f"--scenario {args.scenario} is remote-write only (the bomb is not "
+                         "written as OTLP): drop --protocol otlp")
 
     missing = [b for b in ("taskset", *(("wrk",) if args.protocol == "remote-write" else ()))
                if shutil.which(b) is None]
@@ -478,7 +587,8 @@ def main() -> None:
         work = Path(tmp)
         start_ms = int(time.time() // 60 * 60 * 1000)
         manifest = write_workload(work / "workload", seed=args.seed, rounds=args.workload_rounds,
-                                  start_ms=start_ms, otlp=args.protocol == "otlp")
+                                  start_ms=start_ms, otlp=args.protocol == "otlp",
+                                  bomb_share=args.scenario_spec.bomb_share)
         if args.protocol == "otlp":
             count = int(manifest["otlp"]["requests"])  # type: ignore[index]
             points = samples = 0
@@ -496,6 +606,12 @@ def main() -> None:
             args.per_request = SAMPLES_PER_REQUEST
             log(f"workload: {manifest['series']} series, {count} bodies of "
                 f"{SAMPLES_PER_REQUEST} samples, generated in {manifest['generated_in_s']}s")
+            if bomb := cast(dict[str, Any] | None, manifest.get("bomb")):
+                log(f"bomb: {bomb['samples_per_round']:,} samples of {bomb['metric']} per "
+                    f"round ({bomb['share']:.1%} of all), each a new {bomb['label']}: "
+                    f"{bomb['series']:,} series per pass over the bodies")
+            for line in args.scenario_spec.expectations(manifest):
+                log(f"scenario {args.scenario}: {line}")
         results: dict[str, Any] = {}
         with sink_process(args.driver_cpu) as sink_url:
             for target in targets:
@@ -503,7 +619,12 @@ def main() -> None:
                                              count, log)
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                 if k != "scenario_spec"},
+        "scenario": {"name": args.scenario,
+                     "vmagent_args": list(args.scenario_spec.vmagent_args),
+                     "vmagent_relabel_config": args.scenario_spec.vmagent_relabel_config,
+                     "phoenix_static_policies": args.scenario_spec.policies()},
         "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
         "workload": manifest,
         "results": results,
@@ -518,9 +639,30 @@ def main() -> None:
     print_table(results, report.get("ratio_phoenix_vmagent"), args)
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = "pipeline" if args.protocol == "remote-write" else "pipeline-otlp"
+    if args.scenario != "plain":
+        prefix += f"-{args.scenario}"
     path = args.out / f"{prefix}-{args.mode}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def show_config(args: argparse.Namespace) -> None:
+    """Print vmagent's command line (and relabel config) and Phoenix's generated config for
+    ``--scenario``, with this run's would-be ports and a throwaway data directory."""
+    with tempfile.TemporaryDirectory(prefix="phoenix-bench-") as tmp:
+        sink_url = "http://127.0.0.1:SINK_PORT"
+        vmagent = make_relay("vmagent", args, sink_url, Path(tmp))
+        phoenix = make_relay("phoenix", args, sink_url, Path(tmp))
+        assert isinstance(vmagent, VmagentRelay) and isinstance(phoenix, PhoenixRelay)
+        print("# ports, NATS's and etcd's (0: not started here) and directories are "
+              "placeholders; a run fills them in")
+        print(f"# vmagent, scenario {args.scenario}")
+        print(" ".join(vmagent._argv(Path("/usr/bin/vmagent"))))
+        if args.scenario_spec.vmagent_relabel_config:
+            print("# -remoteWrite.relabelConfig file:")
+            print(args.scenario_spec.vmagent_relabel_config, end="")
+        print(f"\n# metrics-pipeline --config, scenario {args.scenario}")
+        print(phoenix.config_yaml(), end="")
 
 
 def print_table(results: dict[str, Any], ratio: dict[str, float] | None,
@@ -535,11 +677,22 @@ def print_table(results: dict[str, Any], ratio: dict[str, float] | None,
              ("relay CPU seconds", "relay_cpu_seconds", 1, "")]
     if otlp:
         rows += [("data points per CPU-second", "points_per_cpu_second", 1e3, "k")]
-    rows += [("samples per CPU-second", "samples_per_cpu_second", 1e3, "k"),
-             ("queue growth bytes/s", "queue_growth_bytes_per_s", 1e6, "M"),
+    rows += [("samples per CPU-second", "samples_per_cpu_second", 1e3, "k")]
+    if args.scenario != "plain":
+        rows += [("samples accepted", "samples_accepted", 1e3, "k"),
+                 ("samples forwarded", "samples_forwarded", 1e3, "k"),
+                 ("samples dropped", "samples_dropped", 1e3, "k"),
+                 ("  share of accepted", "dropped_share", 0.01, "%"),
+                 ("samples merged (Phoenix)", "samples_merged", 1e3, "k")]
+    rows += [("distinct series at the sink", "distinct_series", 1e3, "k")]
+    rows += [("queue growth bytes/s", "queue_growth_bytes_per_s", 1e6, "M"),
              ("RSS peak MiB", "rss_hwm_mib", 1, ""),
              ("client latency p50 ms", "latency_p50_ms", 1, ""),
-             ("client latency p99 ms", "latency_p99_ms", 1, "")]
+             ("client latency p99 ms", "latency_p99_ms", 1, ""),
+             ("driver core busy (sink, wrk)", "driver_cpu_share", 0.01, "%"),
+             ("  sink, all", "sink_cpu_share", 0.01, "%"),
+             ("  sink, scan (keys, samples)", "sink_scan_cpu_share", 0.01, "%"),
+             ("  sink, distinct-series keys", "sink_distinct_cpu_share", 0.01, "%")]
     targets: dict[str, str] = {}
     if args.mode == "latency":
         e2e_target = max((r["median"].get("e2e_target_ms", 0) for r in results.values()),
@@ -557,7 +710,8 @@ def print_table(results: dict[str, Any], ratio: dict[str, float] | None,
         targets = {"ingest_p99_ms": "≤ 5", "e2e_p99_ms": f"≤ {e2e_target:g}"}
     names = list(results)
     client = "wrk" if not otlp else "otlp_driver"
-    print(f"{args.protocol}, {args.mode}; client latency = {client}'s (request sent → answered)")
+    print(f"{args.protocol}, {args.mode}, scenario {args.scenario}; client latency = {client}'s "
+          "(request sent → answered)")
     print(f"{'median of rounds':32}" + "".join(f"{n:>14}" for n in names)
           + (f"{'phoenix/vmagent':>18}" if ratio else "") + (f"{'target':>10}" if targets else ""))
     for label, key, scale, unit in rows:

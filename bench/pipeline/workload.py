@@ -19,6 +19,16 @@ Files written to ``--out``:
   per ``le`` set; ``service.name``/``service.instance.id`` as resource attributes, pod and
   namespace as point attributes so the converted series are the same ones);
 - ``manifest.json``: counts, seed, start time, and the samples per request.
+
+``--bomb-share 0.1`` adds a ``user_id`` cardinality bomb (bench/pipeline scenarios ``cap`` and
+``drop-label``): 10% of all samples are of one more counter, ``http_user_requests_total``
+(labels job, instance, namespace and pod of one of the 200 instances, route of 4, and
+``user_id``), and every one of them is a new series: a ``user_id`` never repeats within the
+workload (a bijection of a counter, offset by the seed). Per round that is
+``base x share / (1 - share)`` samples (11,222 for 10%), shuffled among the round's 101,000
+(one more seeded shuffle per round). Replayed round-robin, the bomb brings ``rounds x 11,222``
+series per pass over the bodies; without ``user_id`` they fall into 800 groups (instance x
+route). Without ``--bomb-share`` the bodies are byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -65,6 +75,12 @@ LE = (*(f"{b:g}" for b in BOUNDS), "+Inf")
 # Share of observations at or below each bound (cumulative, ends at 1).
 CDF = (0.05, 0.12, 0.3, 0.5, 0.7, 0.85, 0.93, 0.97, 0.99, 0.996, 0.999, 1.0)
 COUNTER_COMBOS, GAUGE_COMBOS, HISTOGRAM_COMBOS = 11, 5, 3
+BOMB_METRIC = "http_user_requests_total"
+BOMB_LABEL = "user_id"
+BOMB_ROUTES = ROUTES[:4]
+_USER_ID_MULTIPLIER = 0x9E3779B97F4A7C15  # odd: n -> n * M mod 2**48 is a bijection
+_USER_ID_MASK = (1 << 48) - 1
+_SMALL_VARINTS = tuple(bytes((n,)) for n in range(0x80))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,8 @@ class Series:
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -95,10 +113,6 @@ def _len_field(number: int, payload: bytes) -> bytes:
 def _label_bytes(labels: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(_len_field(1, _len_field(1, k.encode()) + _len_field(2, v.encode()))
                     for k, v in labels)
-
-
-def _sample_bytes(value: float, timestamp_ms: int) -> bytes:
-    return b"\x09" + struct.pack("<d", value) + b"\x10" + _varint(timestamp_ms)
 
 
 def build_series(seed: int) -> list[Series]:
@@ -153,25 +167,80 @@ def value_at(series: Series, round_index: int) -> float:
     return count  # counter, count
 
 
+def _time_series(label_bytes: bytes, value: float, timestamp: bytes) -> bytes:
+    """One ``TimeSeries`` entry of a WriteRequest (tag and length included) with one sample;
+    ``timestamp`` is the sample's encoded timestamp field (tag 2, varint)."""
+    sample = b"\x09" + struct.pack("<d", value) + timestamp
+    payload = label_bytes + b"\x12" + _varint(len(sample)) + sample
+    return b"\x0a" + _varint(len(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class Bomb:
+    """The ``user_id`` bomb: ``per_round`` samples per round, each of a series never seen
+    before in the workload."""
+
+    per_round: int
+    seed: int
+
+    def rounds(self, base: list[Series], rounds: int) -> list[list[tuple[bytes, float]]]:
+        """Per round, ``(label bytes, value)`` of each bomb sample (deterministic for the
+        seed); the base series lend their job, instance, namespace and pod."""
+        rng = random.Random(self.seed + 2)
+        per_instance = len(base) // INSTANCES
+        instances = [{k: v for k, v in base[i * per_instance].labels
+                      if k in ("job", "instance", "namespace", "pod")}
+                     for i in range(INSTANCES)]
+        n = self.seed << 32  # the user ids of different seeds do not meet
+        out: list[list[tuple[bytes, float]]] = []
+        for _ in range(rounds):
+            this_round: list[tuple[bytes, float]] = []
+            for _ in range(self.per_round):
+                labels = {"__name__": BOMB_METRIC, **rng.choice(instances),
+                          "route": rng.choice(BOMB_ROUTES),
+                          BOMB_LABEL: f"{(n * _USER_ID_MULTIPLIER) & _USER_ID_MASK:012x}"}
+                n += 1
+                this_round.append((_label_bytes(tuple(sorted(labels.items()))),
+                                   float(rng.randint(1, 20))))
+            out.append(this_round)
+        return out
+
+
 def remote_write_bodies(series: list[Series], *, seed: int, rounds: int, start_ms: int,
-                        samples_per_request: int = SAMPLES_PER_REQUEST) -> list[bytes]:
-    """Snappy-compressed ``WriteRequest`` bodies of exactly ``samples_per_request`` samples."""
+                        samples_per_request: int = SAMPLES_PER_REQUEST,
+                        bomb: Bomb | None = None) -> list[bytes]:
+    """Snappy-compressed ``WriteRequest`` bodies of ``samples_per_request`` samples (the last
+    may have fewer); with ``bomb``, its samples shuffled into every round."""
     order = list(range(len(series)))
     random.Random(seed + 1).shuffle(order)
     label_bytes = [_label_bytes(s.labels) for s in series]
+    bomb_rounds = bomb.rounds(series, rounds) if bomb else None
+    mix = random.Random(seed + 3)
     bodies: list[bytes] = []
     chunk: list[bytes] = []
     for r in range(rounds):
-        timestamp = start_ms + r * ROUND_INTERVAL_MS
-        for i in order:
-            sample = _len_field(2, _sample_bytes(value_at(series[i], r), timestamp))
-            chunk.append(_len_field(1, label_bytes[i] + sample))
+        timestamp = b"\x10" + _varint(start_ms + r * ROUND_INTERVAL_MS)
+        entries = [_time_series(label_bytes[i], value_at(series[i], r), timestamp)
+                   for i in order]
+        if bomb_rounds is not None:
+            entries = _interleave(entries, [_time_series(labels, value, timestamp)
+                                            for labels, value in bomb_rounds[r]], mix)
+        for entry in entries:
+            chunk.append(entry)
             if len(chunk) == samples_per_request:
                 bodies.append(bytes(cramjam.snappy.compress_raw(b"".join(chunk))))
                 chunk = []
     if chunk:
         bodies.append(bytes(cramjam.snappy.compress_raw(b"".join(chunk))))
     return bodies
+
+
+def _interleave(base: list[bytes], extra: list[bytes], rng: random.Random) -> list[bytes]:
+    """``base`` in its order with ``extra``, in its order, at seeded random places."""
+    slots = [False] * len(base) + [True] * len(extra)
+    rng.shuffle(slots)
+    b, e = iter(base), iter(extra)
+    return [next(e) if is_extra else next(b) for is_extra in slots]
 
 
 def otlp_bodies(series: list[Series], *, rounds: int, start_ms: int) -> list[bytes]:
@@ -239,13 +308,27 @@ def otlp_bodies(series: list[Series], *, rounds: int, start_ms: int) -> list[byt
     return bodies
 
 
+def bomb_per_round(base_series: int, share: float) -> int:
+    """Bomb samples per round that make ``share`` of all samples."""
+    if not 0 <= share < 1:
+        raise ValueError(f"bomb share {share} is out of range; use 0 to below 1, e.g. 0.1")
+    return round(base_series * share / (1 - share))
+
+
 def write_workload(out: Path, *, seed: int = 1, rounds: int = 3,
-                   start_ms: int = DEFAULT_START_MS, otlp: bool = True) -> dict[str, object]:
-    """Generate and write every body to ``out``; returns the manifest (also in manifest.json)."""
+                   start_ms: int = DEFAULT_START_MS, otlp: bool = True,
+                   bomb_share: float = 0.0) -> dict[str, object]:
+    """Generate and write every body to ``out``; returns the manifest (also in manifest.json).
+    ``bomb_share`` > 0 adds the ``user_id`` bomb (remote-write only: then ``otlp`` must be
+    False)."""
     began = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     series = build_series(seed)
-    rw = remote_write_bodies(series, seed=seed, rounds=rounds, start_ms=start_ms)
+    per_round = bomb_per_round(len(series), bomb_share)
+    if per_round and otlp:
+        raise ValueError("the user_id bomb is remote-write only: pass otlp=False")
+    bomb = Bomb(per_round=per_round, seed=seed) if per_round else None
+    out.mkdir(parents=True, exist_ok=True)
+    rw = remote_write_bodies(series, seed=seed, rounds=rounds, start_ms=start_ms, bomb=bomb)
     for n, body in enumerate(rw):
         (out / f"rw-{n:05d}.bin").write_bytes(body)
     ot = otlp_bodies(series, rounds=rounds, start_ms=start_ms) if otlp else []
@@ -255,10 +338,18 @@ def write_workload(out: Path, *, seed: int = 1, rounds: int = 3,
         "seed": seed, "rounds": rounds, "start_ms": start_ms, "series": len(series),
         "metric_names": len({dict(s.labels)["__name__"] for s in series}),
         "remote_write": {"requests": len(rw), "samples_per_request": SAMPLES_PER_REQUEST,
+                         "samples": (len(series) + per_round) * rounds,
                          "compressed_bytes": sum(map(len, rw))},
         "otlp": {"requests": len(ot), "bytes": sum(map(len, ot))},
         "generated_in_s": round(time.perf_counter() - began, 2),
     }
+    if bomb is not None:
+        manifest["bomb"] = {
+            "metric": BOMB_METRIC, "label": BOMB_LABEL,
+            "share": per_round / (len(series) + per_round),
+            "samples_per_round": per_round, "series": per_round * rounds,
+            "groups_without_label": INSTANCES * len(BOMB_ROUTES),
+        }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -270,9 +361,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--start-ms", type=int, default=DEFAULT_START_MS)
     parser.add_argument("--no-otlp", action="store_true")
+    parser.add_argument("--bomb-share", type=float, default=0.0,
+                        help="share of all samples in the user_id bomb, e.g. 0.1 (remote-write "
+                             "only: no OTLP bodies)")
     args = parser.parse_args()
     manifest = write_workload(args.out, seed=args.seed, rounds=args.rounds,
-                              start_ms=args.start_ms, otlp=not args.no_otlp)
+                              start_ms=args.start_ms,
+                              otlp=not (args.no_otlp or args.bomb_share),
+                              bomb_share=args.bomb_share)
     print(json.dumps(manifest, indent=2))
 
 
