@@ -86,6 +86,16 @@ class Forwarder:
                 "exporter": route.config.name, "type": route.config.type,
                 "endpoint": route.config.endpoint, "queued_records": len(route.queue)}})
 
+    def check_room(self, nbytes: int) -> None:
+        """ResourceExhausted unless every queue has room for a record of ``nbytes``."""
+        for route in self._routes:
+            if route.queue.size_bytes + nbytes > route.queue.config.max_bytes:
+                raise ResourceExhausted(
+                    f"the queue of exporter {route.config.name!r} is full "
+                    f"({route.queue.size_bytes} of {route.queue.config.max_bytes} bytes); "
+                    "its backend is down or slower than the input",
+                    retry_after=route.queue.config.full_retry_after.total_seconds())
+
     async def accept(self, batch: MetricBatch) -> None:
         """Queue ``batch`` for every exporter; ResourceExhausted when any queue is full.
 
@@ -96,13 +106,7 @@ class Forwarder:
         # Records are queued snappy-compressed: 3-5x less disk and I/O, and a request that
         # arrived compressed leaves without being compressed again.
         payload = batch.compressed or bytes(cramjam.snappy.compress_raw(batch.write_request))
-        for route in self._routes:
-            if route.queue.size_bytes + len(payload) > route.queue.config.max_bytes:
-                raise ResourceExhausted(
-                    f"the queue of exporter {route.config.name!r} is full "
-                    f"({route.queue.size_bytes} of {route.queue.config.max_bytes} bytes); "
-                    "its backend is down or slower than the input",
-                    retry_after=route.queue.config.full_retry_after.total_seconds())
+        self.check_room(len(payload))
         if len(self._routes) == 1:  # the common case: no gather, whose tasks cost loop turns
             await self._routes[0].queue.append(payload, count=batch.sample_count,
                                                tenant=batch.tenant)

@@ -18,8 +18,12 @@ from metrics_pipeline.forwarding import Forwarder
 from metrics_pipeline.ingest_http import HttpIngest
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from metrics_pipeline.ingest_otlp import OtlpIngest
+from metrics_pipeline.policy_follow import PolicyFollower, static_policies
+from metrics_pipeline.policy_stage import PolicyStage
 from phoenixcp.core.batch import MetricBatch
+from phoenixcp.core.policy.engine import PolicyEngine
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.cluster import ClusterMember
 from phoenixcp.platform.config import ServiceConfig, dialable_host, parse_host_port
 from phoenixcp.platform.rpc import RotatingIdentity
 
@@ -43,15 +47,25 @@ class Pipeline:
         data_dir = pipeline.data_dir or config.state_dir / "pipeline" / config.replica_id
         self._metrics = IngestMetrics(registry)
         self._forwarder = Forwarder(config=pipeline, data_dir=Path(data_dir), registry=registry)
+        self.engine = PolicyEngine(replica_id=config.replica_id)
+        self._static = static_policies(pipeline.static_policies)
+        self.stage = PolicyStage(engine=self.engine, forwarder=self._forwarder,
+                                 registry=registry,
+                                 flush_check=pipeline.policy_flush_check.total_seconds())
+        self._policies = PolicyFollower(engine=self.engine, stage=self.stage,
+                                        static=self._static, registry=registry,
+                                        window_interval=pipeline.window_interval)
         self._http: HttpIngest | None = None
         self._otlp: OtlpIngest | None = None
         self._grace = config.grpc.drain_grace.total_seconds()
 
     async def accept(self, batch: MetricBatch) -> None:
-        await self._forwarder.accept(batch)
+        await self.stage.accept(batch)
 
     async def start(self) -> None:
         await self._forwarder.start()
+        self._policies.apply_static()
+        await self.stage.start()
         host, port = parse_host_port(self._config.http_listen)
         self._http = HttpIngest(host=host, port=port, max_bytes=self._config.max_request_bytes,
                                 accept=self.accept, metrics=self._metrics,
@@ -73,12 +87,19 @@ class Pipeline:
         return {"otlp_grpc": f"{grpc_host}:{self._otlp.bound_port}",
                 "otlp_http": f"{base}/v1/metrics", "remote_write": f"{base}/api/v1/write"}
 
+    async def cluster_ready(self, cluster: ClusterMember) -> None:
+        """Follow policies and profiles in etcd, and publish window reports on NATS."""
+        await self._policies.follow(cluster)
+
     async def shutdown(self) -> None:
-        """Stop receiving (open requests finish), then flush exporters for the drain grace."""
+        """Stop receiving (open requests finish), queue merged output, then flush exporters
+        for the drain grace."""
         if self._otlp is not None:
             await self._otlp.shutdown(self._grace)
         if self._http is not None:
             await self._http.shutdown()
+        await self._policies.shutdown()
+        await self.stage.shutdown(self._grace)
         await self._forwarder.shutdown(self._grace)
 
     def _grpc_credentials(self) -> grpc.ServerCredentials | None:

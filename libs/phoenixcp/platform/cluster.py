@@ -33,6 +33,7 @@ from phoenixcp.platform.coord import (
     LeaderOnlyRunner,
     StateStore,
 )
+from phoenixcp.platform.coord.membership import Membership
 from phoenixcp.platform.names import service_enum
 from phoenixcp.platform.tls import CertBundle
 
@@ -68,6 +69,9 @@ class ClusterMember:
         self._election: LeaderElection | None = None
         self._runner: LeaderOnlyRunner | None = None
         self.store: StateStore | None = None
+        self.members: Membership | None = None
+        """This replica's registration under ``members/<service>/``; ``members.count`` is
+        how many replicas of the service are alive."""
         self.bus = EventBus(
             config=BusConfig(url=config.nats.url, connect_timeout=config.nats.connect_timeout),
             service=identity.name, replica_id=config.replica_id, registry=registry,
@@ -80,6 +84,9 @@ class ClusterMember:
         """Connect to etcd and NATS and, if the service elects, start campaigning."""
         self._conn = await EtcdConnection.open(self._config.etcd)
         self.store = StateStore(self._conn, registry=self._registry)
+        self.members = Membership(self._conn, service=self._identity.name,
+                                  replica_id=self._config.replica_id, address=self._address())
+        await self.members.start()
         await self._start_bus()
         if not self._identity.elects_leader:
             return
@@ -210,6 +217,8 @@ class ClusterMember:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.bus.shutdown()
+        if self.members is not None:
+            await self.members.shutdown()
         if self._conn is not None:
             with contextlib.suppress(PhoenixError):
                 await self._conn.close()

@@ -198,6 +198,10 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             _convert(item, v.strip() if isinstance(v, str) else v, f"{key}[{i}]")
             for i, v in enumerate(items)
         )
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return dict(value)
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -20,6 +20,10 @@ Example::
                                          # ones (a 1,000-sample remote-write) go out as they came
           flush_interval: 1s
           tenant_header: false           # send X-Scope-OrgID (Mimir, VictoriaMetrics cluster)
+      static_policies:                   # applied to every tenant, besides etcd's policies
+        - id: cap-everything
+          cap: {max_series: 120000, scope: CAP_SCOPE_PER_TENANT}
+      window_interval: 10s               # window reports to NATS phoenix.telemetry.pipeline.*
 
 With no exporter, the pipeline accepts and counts what it receives and forwards nothing: say so
 loudly, it is only for trying Phoenix out (``phoenixctl up`` starts a counting sink instead).
@@ -30,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from phoenixcp.platform.config_loader import FieldInvalid
 
@@ -79,6 +83,11 @@ class PipelineConfig:
     queue_max_bytes: int = 512 * 1024 * 1024
     queue_fsync: Literal["always", "interval", "never"] = "always"
     exporters: tuple[ExporterConfig, ...] = ()
+    static_policies: tuple[dict[str, Any], ...] = ()
+    """Policies applied to every tenant besides those in etcd, as ``Policy`` documents
+    (state.proto in YAML form); for deployments that keep policies in the config file."""
+    policy_flush_check: timedelta = timedelta(milliseconds=500)
+    window_interval: timedelta = timedelta(seconds=10)
 
     def __post_init__(self) -> None:
         if not 1024 <= self.max_request_bytes <= 256 * 1024 * 1024:

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Gauge, Info
 
@@ -53,7 +53,7 @@ from phoenixcp.platform.secrets import (
 )
 from phoenixcp.platform.tls import CertBundle, CertificateSource, FileCertificates, LocalCA
 
-__all__ = ["Component", "ServiceApp", "certificate_source", "default_probes"]
+__all__ = ["ClusterAware", "Component", "ServiceApp", "certificate_source", "default_probes"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,17 @@ class Component(Protocol):
     def endpoints(self) -> dict[str, str]:
         """Addresses this component serves, for the announce file (``{}`` when none)."""
         ...
+
+
+@runtime_checkable
+class ClusterAware(Protocol):
+    """A component that also follows the cluster (etcd state, NATS) once it is connected.
+
+    ``cluster_ready`` is called once, after the component started and the replica joined the
+    cluster; it must not block (spawn what runs long) and is never called in standalone mode.
+    """
+
+    async def cluster_ready(self, cluster: ClusterMember) -> None: ...
 
 
 class ServiceApp:
@@ -210,6 +221,9 @@ class ServiceApp:
         await self._wait_for_dependencies()
         if self.cluster is not None and not self._stop.is_set():
             await self._first(self.cluster.start())
+            for component in self._started:
+                if isinstance(component, ClusterAware) and not self._stop.is_set():
+                    await component.cluster_ready(self.cluster)
         if self._stop.is_set():
             return
         await self._grpc.set_serving(True)

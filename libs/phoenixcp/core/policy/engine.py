@@ -454,6 +454,8 @@ class PolicyEngine:
         metric_counts: dict[str, PointTally] = {}
         policy_tallies: dict[tuple[str, str], PolicyTally] = {}
         outputs: dict[str, dict[str, set[int]]] = {}
+        out_points: dict[str, dict[str, int]] = {}
+        routes_merged: dict[str, dict[str, set[int]]] = {}
         plan = tenant.plan
         catalog = tenant.catalog
         for key, n in zip(distinct.tolist(), points.tolist(), strict=True):
@@ -477,6 +479,8 @@ class PolicyEngine:
             if route.code is Code.DROP:
                 counts.dropped += n
             elif route.code is Code.MERGE:
+                groups = routes_merged.setdefault(name, {}).setdefault(tenant.profile, set())
+                groups.add(route.group_key)
                 if route.overflow:
                     counts.overflowed += n
                 else:
@@ -488,10 +492,12 @@ class PolicyEngine:
                 if changes:
                     t.changed_points += n
             active_out = outputs.setdefault(name, {}).setdefault(tenant.profile, set())
+            points_out = out_points.setdefault(name, {})
             if route.code is Code.MERGE:
                 active_out.add(route.group_key)
             elif route.code is not Code.DROP:
                 active_out.add(key)
+                points_out[tenant.profile] = points_out.get(tenant.profile, 0) + n
             for profile, (shadow, cache) in tenant.shadows.items():
                 code = cache.get(key)
                 if code is None:
@@ -502,8 +508,11 @@ class PolicyEngine:
                 shadow_out = outputs[name].setdefault(profile, set())
                 if code == _SAME:
                     shadow_out.add(key)
+                    points_out[profile] = points_out.get(profile, 0) + n
                 elif code != _DROPPED:
                     shadow_out.add(code)
+                    groups = routes_merged.setdefault(name, {}).setdefault(profile, set())
+                    groups.add(code)
         if not plan.empty and plan.expire_caps(now_ms):
             tenant.routes.clear()
         self._forget(tenant, distinct)
@@ -516,12 +525,24 @@ class PolicyEngine:
                 outputs={p: np.fromiter(keys, dtype=np.uint64, count=len(keys))
                          for p, keys in outputs.get(name, {}).items()},
                 counts=metric_counts[name],
+                output_points=self._output_points(
+                    out_points.get(name, {}), outputs.get(name, {}), routes_merged.get(name, {}),
+                    now_ms - window.start_ms),
                 policies=tuple(t for (m, _), t in sorted(policy_tallies.items()) if m == name)))
         return TenantSnapshot(
             tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
             end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,
             metrics=tuple(metrics), counts=window.tally,
             batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64))
+
+    @staticmethod
+    def _output_points(passed: dict[str, int], outputs: dict[str, set[int]],
+                       merged_groups: dict[str, set[int]], window_ms: int) -> dict[str, int]:
+        """Points each profile exports in the window: the points of series it passes, plus
+        one point per merged group per (default 15 s) flush (at least one)."""
+        flushes = max(1, window_ms // 15_000)
+        return {profile: passed.get(profile, 0) + flushes * len(merged_groups.get(profile, ()))
+                for profile in outputs}
 
     def _forget(self, tenant: _Tenant, seen: npt.NDArray[np.uint64]) -> None:
         """Keep the catalog and caches to the series of the last windows (bounded memory:
