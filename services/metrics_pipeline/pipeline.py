@@ -47,7 +47,8 @@ class Pipeline:
         data_dir = pipeline.data_dir or config.state_dir / "pipeline" / config.replica_id
         self._metrics = IngestMetrics(registry)
         self._forwarder = Forwarder(config=pipeline, data_dir=Path(data_dir), registry=registry)
-        self.engine = PolicyEngine(replica_id=config.replica_id)
+        self.engine = PolicyEngine(replica_id=config.replica_id,
+                                   default_flush=pipeline.merge_flush_interval)
         self._static = static_policies(pipeline.static_policies)
         self.stage = PolicyStage(engine=self.engine, forwarder=self._forwarder,
                                  registry=registry,

@@ -24,6 +24,7 @@ Example::
         - id: cap-everything
           cap: {max_series: 120000, scope: CAP_SCOPE_PER_TENANT}
       window_interval: 10s               # window reports to NATS phoenix.telemetry.pipeline.*
+      merge_flush_interval: 15s          # caps, top-K and roll-ups emit merged series this often
 
 With no exporter, the pipeline accepts and counts what it receives and forwards nothing: say so
 loudly, it is only for trying Phoenix out (``phoenixctl up`` starts a counting sink instead).
@@ -87,6 +88,9 @@ class PipelineConfig:
     """Policies applied to every tenant besides those in etcd, as ``Policy`` documents
     (state.proto in YAML form); for deployments that keep policies in the config file."""
     policy_flush_check: timedelta = timedelta(milliseconds=500)
+    merge_flush_interval: timedelta = timedelta(seconds=15)
+    """How often caps, top-K and roll-ups emit merged series (aggregate policies say their
+    own ``flush_interval``)."""
     window_interval: timedelta = timedelta(seconds=10)
 
     def __post_init__(self) -> None:

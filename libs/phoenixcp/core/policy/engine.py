@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import numpy as np
@@ -36,7 +36,7 @@ import numpy.typing as npt
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
-from phoenixcp.core.policy.plan import Code, MergeSpec, Plan, Route, kind_of
+from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
 from phoenixcp.core.policy.window import (
     MetricSnapshot,
     PointTally,
@@ -171,8 +171,10 @@ class PolicyEngine:
     """
 
     def __init__(self, *, replica_id: str, clock_ms: Callable[[], int] | None = None,
-                 merge_config: MergeConfig | None = None) -> None:
+                 merge_config: MergeConfig | None = None,
+                 default_flush: timedelta = DEFAULT_FLUSH) -> None:
         self.replica_id = replica_id
+        self._default_flush = default_flush
         self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._merge_config = merge_config or MergeConfig()
         self._source: PolicySource | None = None
@@ -192,6 +194,9 @@ class PolicyEngine:
             self._replan(tenant, now_ms)
         self._close_unused_targets(now_ms)
 
+    def _plan(self, policies: tuple[PolicySpec, ...]) -> Plan:
+        return Plan(policies, replica=self.replica_id, default_flush=self._default_flush)
+
     def active_profile(self, tenant: str) -> str:
         if self._source is None:
             return "full"
@@ -206,7 +211,7 @@ class PolicyEngine:
 
     def _replan(self, tenant: _Tenant, now_ms: int) -> None:
         profile, policies = self._policies(tenant.name)
-        plan = Plan(policies, replica=self.replica_id)
+        plan = self._plan(policies)
         if plan.signature != tenant.plan.signature or profile != tenant.profile:
             if plan.signature != tenant.plan.signature:
                 tenant.plan = plan
@@ -229,7 +234,7 @@ class PolicyEngine:
         for name, profile in self._source.profiles.items():
             if name == active:
                 continue
-            plan = Plan(tuple(profile.policies) + tuple(own), replica=self.replica_id)
+            plan = self._plan(tuple(profile.policies) + tuple(own))
             previous = old.get(name)
             if previous is not None and previous[0].signature == plan.signature:
                 out[name] = previous
@@ -240,7 +245,7 @@ class PolicyEngine:
     def _tenant(self, name: str, now_ms: int) -> _Tenant:
         tenant = self._tenants.get(name)
         if tenant is None:
-            tenant = _Tenant(name, Plan((), replica=self.replica_id), "full", _Window(now_ms))
+            tenant = _Tenant(name, self._plan(()), "full", _Window(now_ms))
             self._tenants[name] = tenant
             self._replan(tenant, now_ms)
         return tenant

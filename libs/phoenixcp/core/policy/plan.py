@@ -184,9 +184,11 @@ class Plan:
     sets live in the plan (see :mod:`phoenixcp.core.policy.topk`).
     """
 
-    def __init__(self, policies: Sequence[PolicySpec], *, replica: str) -> None:
+    def __init__(self, policies: Sequence[PolicySpec], *, replica: str,
+                 default_flush: timedelta = DEFAULT_FLUSH) -> None:
         self.policies = tuple(sorted(policies, key=PolicySpec.sort_key))
         self.replica = replica
+        self.default_flush = default_flush
         self.signature = tuple(p.fingerprint for p in self.policies)
         self._c = _Compiled()
         self.unsupported: list[str] = []
@@ -240,7 +242,8 @@ class Plan:
             policy, roll = rollup
             out = {n: v for n, v in d.items() if n not in roll.without}
             out[roll.others_label] = "others"
-            target = MergeSpec(policy.fingerprint, policy.id, roll.gauge_function, DEFAULT_FLUSH)
+            target = MergeSpec(policy.fingerprint, policy.id, roll.gauge_function,
+                               self.default_flush)
         current = d if out is None else out
         for p in self._c.aggregate:
             if not p.match.matches(name, d, kind):
@@ -281,7 +284,7 @@ class Plan:
                            tk.action.other_label: "other", **kept_labels}
                     current = out
                     target = MergeSpec(p.fingerprint, p.id, tk.action.gauge_function,
-                                       DEFAULT_FLUSH)
+                                       self.default_flush)
         for index, state in enumerate(self._c.cap):
             p = state.policy
             if not p.match.matches(name, d, kind):
@@ -299,7 +302,7 @@ class Plan:
                 # One overflow series per metric, whichever cap sent a series there: all
                 # caps share one merge target, so two never write the same output series.
                 target = MergeSpec(OVERFLOW_TARGET, p.id, state.action.gauge_function,
-                                   DEFAULT_FLUSH)
+                                   self.default_flush)
         if out is None or target is None:
             code = Code.WATCH if watch else Code.OBSERVE if tallies else Code.PASS
             return Route(code, name, priority, tallies=tuple(tallies), caps=tuple(caps),
