@@ -35,26 +35,20 @@ import numpy.typing as npt
 
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
+from phoenixcp.core.policy.index import Lookup, SeriesIndex
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
 from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
-from phoenixcp.core.policy.window import (
-    MetricSnapshot,
-    PointTally,
-    PolicyTally,
-    SeriesSeen,
-    TenantSnapshot,
-)
+from phoenixcp.core.policy.routes import RouteTable
+from phoenixcp.core.policy.snapshot import SnapshotBuilder
+from phoenixcp.core.policy.window import PointTally, TenantSnapshot
 from phoenixcp.core.series import METRIC_NAME_LABEL
 
 __all__ = ["MergedOutput", "Outcome", "PolicyEngine", "PolicySource"]
 
 log = logging.getLogger(__name__)
 
-_SAME = 0
-"""Shadow output code: the series passes unchanged (its output key is its input key)."""
-_DROPPED = 1
-_COMPACT_EVERY = 64
-_RECENT_WINDOWS = 6
+_KEEP_WINDOWS = 6
+"""Series silent this many windows are forgotten (decoded again if they come back)."""
 
 
 class PolicySource(Protocol):
@@ -109,27 +103,10 @@ def _labels(group: Hashable) -> LabelSet:
 @dataclass(slots=True)
 class _Window:
     start_ms: int
-    keys: list[npt.NDArray[np.uint64]] = field(default_factory=list)
-    points: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    number: int = 0
     tally: PointTally = field(default_factory=PointTally)
     last_values: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
-
-    def add(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64]) -> None:
-        self.keys.append(keys)
-        self.points.append(points)
-        if len(self.keys) >= _COMPACT_EVERY:
-            self.compact()
-
-    def compact(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
-        if not self.keys:
-            return np.empty(0, np.uint64), np.empty(0, np.int64)
-        keys = np.concatenate(self.keys)
-        points = np.concatenate(self.points)
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        summed = np.bincount(inverse, weights=points, minlength=len(distinct)).astype(np.int64)
-        self.keys, self.points = [distinct], [summed]
-        return distinct, summed
 
 
 @dataclass(slots=True)
@@ -138,17 +115,23 @@ class _Tenant:
     plan: Plan
     profile: str
     window: _Window
-    routes: dict[int, Route] = field(default_factory=dict)
+    index: SeriesIndex = field(default_factory=SeriesIndex)
+    table: RouteTable = field(default_factory=RouteTable)
     catalog: dict[int, LabelSet] = field(default_factory=dict)
     kinds: dict[str, MetricType] = field(default_factory=dict)
     shadows: dict[str, tuple[Plan, dict[int, int]]] = field(default_factory=dict)
     last: TenantSnapshot | None = None
-    recent: list[npt.NDArray[np.uint64]] = field(default_factory=list)
     watched: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Last (timestamp, value) of series a top-K keeps, to hand over if it is demoted."""
     handover: dict[int, Route] = field(default_factory=dict)
     """Series just promoted by a top-K, with the ``other`` route their next point also feeds."""
-    """Distinct keys of the last windows: the catalog and caches keep only these."""
+    kind_cache: dict[str, MetricKind] = field(default_factory=dict)
+
+    def kind(self, name: str) -> MetricKind:
+        found = self.kind_cache.get(name)
+        if found is None:
+            found = self.kind_cache[name] = kind_of(name, self.kinds)
+        return found
 
 
 def _points_per_series(batch: MetricBatch) -> npt.NDArray[np.int64]:
@@ -163,6 +146,25 @@ def _subset(batch: MetricBatch, index: npt.NDArray[np.intp]) -> MetricBatch:
     return batch.subset(index)
 
 
+_interned: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def _label_sets(batch: MetricBatch, index: npt.NDArray[np.intp]) -> list[LabelSet]:
+    """The sorted label sets of the chosen series, label pairs shared between series."""
+    fast = getattr(batch, "label_sets", None)
+    if fast is not None:
+        return list(fast(index))
+    if len(_interned) > 262_144:
+        _interned.clear()
+    out = []
+    for labels in _subset(batch, index).columns().label_sets:
+        out.append(tuple(_interned.setdefault(pair, pair) for pair in sorted(labels)))
+    return out
+
+
+_PASS = Route(Code.PASS, "")
+
+
 class PolicyEngine:
     """Applies each tenant's active profile and own policies; see the module docstring.
 
@@ -172,16 +174,17 @@ class PolicyEngine:
 
     def __init__(self, *, replica_id: str, clock_ms: Callable[[], int] | None = None,
                  merge_config: MergeConfig | None = None,
-                 default_flush: timedelta = DEFAULT_FLUSH) -> None:
+                 default_flush: timedelta = DEFAULT_FLUSH,
+                 shadow_budget: int = 50_000) -> None:
         self.replica_id = replica_id
         self._default_flush = default_flush
+        self._shadow_budget = shadow_budget
         self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._merge_config = merge_config or MergeConfig()
         self._source: PolicySource | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._targets: dict[tuple[str, Hashable], _Target] = {}
         self._pending: list[MergedOutput] = []
-        self._interned: dict[tuple[str, str], tuple[str, str]] = {}
         self.plan_changes = 0
 
     # -- policy state ------------------------------------------------------------------
@@ -215,7 +218,8 @@ class PolicyEngine:
         if plan.signature != tenant.plan.signature or profile != tenant.profile:
             if plan.signature != tenant.plan.signature:
                 tenant.plan = plan
-                tenant.routes.clear()
+                tenant.index.clear_routes()
+                tenant.table.clear()
                 self.plan_changes += 1
             tenant.profile = profile
             log.info("policies applied", extra={"fields": {
@@ -266,24 +270,22 @@ class PolicyEngine:
         tenant = self._tenant(batch.tenant, now_ms)
         keys = batch.series_keys
         points = _points_per_series(batch)
-        tally = PointTally(received=batch.sample_count)
-        key_list = keys.tolist()
-        self._learn(tenant, batch, key_list)
-        tenant.window.add(keys, points)
+        tally = PointTally(received=batch.sample_count, accepted=batch.sample_count)
+        look = self._learn(tenant, batch)
+        tenant.index.count(look, points)
+        tenant.window.tally.add(tally)
         if tenant.plan.empty:
-            tally.accepted = batch.sample_count
-            tenant.window.tally.add(tally)
             return Outcome(batch, tally)
-        routes = tenant.routes
-        found = [routes.get(k) for k in key_list]
-        for i, route in enumerate(found):
-            if route is None:
-                found[i] = self._route(tenant, key_list[i], now_ms)
-        codes = np.fromiter((r.code for r in found if r is not None), dtype=np.int8,
-                            count=len(found))
+        ids = tenant.index.routes_of(look)
+        unrouted = np.flatnonzero(ids < 0)
+        if len(unrouted):
+            key_list = keys[unrouted].tolist()
+            for i, key in zip(unrouted.tolist(), key_list, strict=True):
+                route_id = tenant.table.id(self._route(tenant, key, now_ms))
+                tenant.index.set_route(look, i, route_id)
+                ids[i] = route_id
+        codes = tenant.table.codes(ids)
         if not codes.any():
-            tally.accepted = batch.sample_count
-            tenant.window.tally.add(tally)
             return Outcome(batch, tally)
         if batch.histogram_count:
             # Native histograms are not merged (ADR 0007): such series pass unchanged.
@@ -291,39 +293,45 @@ class PolicyEngine:
             codes[native & (codes >= Code.MERGE)] = Code.OBSERVE
         passing = np.flatnonzero((codes <= Code.OBSERVE) | (codes == Code.WATCH))
         merging = np.flatnonzero(codes >= Code.MERGE)
-        tally.dropped = int(points[codes == Code.DROP].sum())
+        dropped = int(points[codes == Code.DROP].sum())
+        tally.dropped += dropped
+        tenant.window.tally.dropped += dropped
         if len(merging):
-            self._merge(tenant, batch, merging, found, key_list, tally)
+            before = (tally.merged, tally.overflowed, tally.dropped)
+            self._merge(tenant, batch, merging, ids, tally)
+            tenant.window.tally.merged += tally.merged - before[0]
+            tenant.window.tally.overflowed += tally.overflowed - before[1]
+            tenant.window.tally.dropped += tally.dropped - before[2]
         passthrough = None
         if len(passing):
             passthrough = batch if len(passing) == len(codes) else _subset(batch, passing)
-        tally.accepted = batch.sample_count
-        tenant.window.tally.add(tally)
         return Outcome(passthrough, tally)
 
-    def _learn(self, tenant: _Tenant, batch: MetricBatch, key_list: list[int]) -> None:
-        """Decode the labels of series never seen, and the batch's metadata types."""
-        catalog = tenant.catalog
-        new = [i for i, k in enumerate(key_list) if k not in catalog]
+    def _learn(self, tenant: _Tenant, batch: MetricBatch) -> Lookup:
+        """Find the batch's series; decode the labels of those never seen (only those) and
+        the batch's metadata types."""
         if batch.metadata_count:
             types = _subset(batch, np.empty(0, dtype=np.intp)).columns().metric_types
-            tenant.kinds.update(types)
-        if not new:
-            return
-        cols = _subset(batch, np.asarray(new, dtype=np.intp)).columns()
-        intern = self._interned
-        for i, labels in zip(new, cols.label_sets, strict=True):
-            pairs = []
-            for pair in sorted(labels):
-                pairs.append(intern.setdefault(pair, pair))
-            catalog[key_list[i]] = tuple(pairs)
+            if any(tenant.kinds.get(n) != t for n, t in types.items()):
+                tenant.kinds.update(types)
+                tenant.kind_cache.clear()
+        index = tenant.index
+        look = index.find(batch.series_keys)
+        new = np.flatnonzero((look.pos < 0) & (look.side < 0))
+        if len(new):
+            new_keys = batch.series_keys[new].tolist()
+            catalog = tenant.catalog
+            for key, labels in zip(new_keys, _label_sets(batch, new), strict=True):
+                catalog[key] = labels
+            look.side[new] = index.add(new_keys)
+            if index.settle():
+                look = index.find(batch.series_keys)
+        return look
 
     def _route(self, tenant: _Tenant, key: int, now_ms: int) -> Route:
         labels = tenant.catalog[key]
-        name = dict(labels).get(METRIC_NAME_LABEL, "")
-        route = tenant.plan.route(labels, kind_of(name, tenant.kinds), now_ms)
-        tenant.routes[key] = route
-        return route
+        name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
+        return tenant.plan.route(labels, tenant.kind(name), now_ms, key)
 
     def _target(self, tenant: str, spec: MergeSpec, now_ms: int) -> _Target:
         key = (tenant, spec.fingerprint)
@@ -338,19 +346,20 @@ class PolicyEngine:
         return target
 
     def _merge(self, tenant: _Tenant, batch: MetricBatch, merging: npt.NDArray[np.intp],
-               found: list[Route | None], key_list: list[int], tally: PointTally) -> None:
+               ids: npt.NDArray[np.int32], tally: PointTally) -> None:
         cols = _subset(batch, merging).columns()
         now_ms = self._clock()
+        routes = tenant.table.routes
+        key_list = batch.series_keys[merging].tolist()
         targets: list[tuple[Callable[..., bool] | None, Route, int]] = []
-        for i in merging.tolist():
-            route = found[i]
-            assert route is not None
+        for route_id, key in zip(ids[merging].tolist(), key_list, strict=True):
+            route = routes[route_id]
             if route.target is None:  # WATCH: passes, only read for its rank
-                targets.append((None, route, key_list[i]))
+                targets.append((None, route, key))
                 continue
             target = self._target(tenant.name, route.target, now_ms)
             merger = target.cumulative if route.cumulative else target.gauge
-            targets.append((merger.observe, route, key_list[i]))
+            targets.append((merger.observe, route, key))
         refused = merged = overflowed = 0
         last = tenant.window.last_values
         watched = tenant.watched
@@ -412,10 +421,26 @@ class PolicyEngine:
         moved = tenant.plan.rerank(now_ms)
         if not moved:
             return
-        for key, route in list(tenant.routes.items()):
-            if route.topk not in moved:
+        index, table = tenant.index, tenant.table
+        index.settle(force=True)
+        stale: list[int] = []
+        plain: list[int] = []
+        for route_id, r in enumerate(table.routes):
+            if r.topk is None:
                 continue
+            if r.topk[2] is None:
+                plain.append(route_id)
+            elif r.topk in moved:
+                stale.append(route_id)
+        moved_keys = np.fromiter((i for _, _, i in moved if isinstance(i, int)),
+                                 dtype=np.uint64)
+        hit = np.isin(index.route, stale) | (np.isin(index.route, plain)
+                                             & np.isin(index.keys, moved_keys))
+        for pos in np.flatnonzero(hit).tolist():
+            route = table.routes[index.route[pos]]
+            key = int(index.keys[pos])
             new = self._route(tenant, key, now_ms)
+            index.route[pos] = table.id(new)
             last = tenant.watched.pop(key, None)
             if (route.code is Code.WATCH and new.code is Code.MERGE and new.cumulative
                     and new.target is not None and last is not None):
@@ -453,113 +478,36 @@ class PolicyEngine:
 
     def _snapshot(self, tenant: _Tenant, now_ms: int, replica_count: int) -> TenantSnapshot:
         window = tenant.window
-        distinct, points = window.compact()
-        tenant.window = _Window(now_ms)
-        per_metric: dict[str, list[SeriesSeen]] = {}
-        metric_counts: dict[str, PointTally] = {}
-        policy_tallies: dict[tuple[str, str], PolicyTally] = {}
-        outputs: dict[str, dict[str, set[int]]] = {}
-        out_points: dict[str, dict[str, int]] = {}
-        routes_merged: dict[str, dict[str, set[int]]] = {}
-        plan = tenant.plan
-        catalog = tenant.catalog
-        for key, n in zip(distinct.tolist(), points.tolist(), strict=True):
-            labels = catalog.get(key)
-            if labels is None:
-                continue
-            name = dict(labels).get(METRIC_NAME_LABEL, "")
-            route = tenant.routes.get(key)
+        tenant.window = _Window(now_ms, window.number + 1)
+        keys, points, ids, gone = tenant.index.close_window(window.number, _KEEP_WINDOWS)
+        plan, table = tenant.plan, tenant.table
+        routes: list[Route] = []
+        for key, route_id in zip(keys.tolist(), ids.tolist(), strict=True):
             if plan.empty:
-                route = Route(Code.PASS, name)
-            elif route is None:
-                route = tenant.routes[key] = plan.route(
-                    labels, kind_of(name, tenant.kinds), now_ms)
+                routes.append(_PASS)
+                continue
+            if route_id < 0:
+                route = self._route(tenant, key, now_ms)
             else:
-                plan.touch(route, now_ms)
-            per_metric.setdefault(name, []).append(SeriesSeen(
-                key, labels, n, window.last_values.get(key, math.nan), route.priority))
-            counts = metric_counts.setdefault(name, PointTally())
-            counts.received += n
-            counts.accepted += n
-            if route.code is Code.DROP:
-                counts.dropped += n
-            elif route.code is Code.MERGE:
-                groups = routes_merged.setdefault(name, {}).setdefault(tenant.profile, set())
-                groups.add(route.group_key)
-                if route.overflow:
-                    counts.overflowed += n
-                else:
-                    counts.merged += n
-            for policy_id, dry_run, changes in route.tallies:
-                t = policy_tallies.setdefault((name, policy_id), PolicyTally(policy_id, dry_run))
-                t.matched_points += n
-                t.matched_series += 1
-                if changes:
-                    t.changed_points += n
-            active_out = outputs.setdefault(name, {}).setdefault(tenant.profile, set())
-            points_out = out_points.setdefault(name, {})
-            if route.code is Code.MERGE:
-                active_out.add(route.group_key)
-            elif route.code is not Code.DROP:
-                active_out.add(key)
-                points_out[tenant.profile] = points_out.get(tenant.profile, 0) + n
-            for profile, (shadow, cache) in tenant.shadows.items():
-                code = cache.get(key)
-                if code is None:
-                    r = shadow.route(labels, kind_of(name, tenant.kinds), now_ms)
-                    code = (r.group_key if r.code is Code.MERGE else
-                            _DROPPED if r.code is Code.DROP else _SAME)
-                    cache[key] = code
-                shadow_out = outputs[name].setdefault(profile, set())
-                if code == _SAME:
-                    shadow_out.add(key)
-                    points_out[profile] = points_out.get(profile, 0) + n
-                elif code != _DROPPED:
-                    shadow_out.add(code)
-                    groups = routes_merged.setdefault(name, {}).setdefault(profile, set())
-                    groups.add(code)
+                route = table.routes[route_id]
+                plan.touch(route, key, now_ms)
+            routes.append(route)
+        builder = SnapshotBuilder(active=tenant.profile, shadows=tenant.shadows,
+                                  kind=tenant.kind, last_values=window.last_values,
+                                  now_ms=now_ms, shadow_budget=self._shadow_budget)
+        metrics = builder.build(keys.tolist(), points.tolist(), routes, tenant.catalog,
+                                now_ms - window.start_ms)
         if not plan.empty and plan.expire_caps(now_ms):
-            tenant.routes.clear()
-        self._forget(tenant, distinct)
-        metrics = []
-        for name, series in sorted(per_metric.items()):
-            kind = kind_of(name, tenant.kinds)
-            metrics.append(MetricSnapshot(
-                name=name, kind=kind if kind is not MetricKind.ANY else MetricKind.UNKNOWN,
-                series=tuple(series),
-                outputs={p: np.fromiter(keys, dtype=np.uint64, count=len(keys))
-                         for p, keys in outputs.get(name, {}).items()},
-                counts=metric_counts[name],
-                output_points=self._output_points(
-                    out_points.get(name, {}), outputs.get(name, {}), routes_merged.get(name, {}),
-                    now_ms - window.start_ms),
-                policies=tuple(t for (m, _), t in sorted(policy_tallies.items()) if m == name)))
+            tenant.index.clear_routes()
+        if len(gone):
+            for key in gone.tolist():
+                tenant.catalog.pop(key, None)
+                for _, cache in tenant.shadows.values():
+                    cache.pop(key, None)
+        if len(tenant.table) > 2 * len(tenant.index) + 1024:
+            tenant.index.route = tenant.table.compact(tenant.index.route)[tenant.index.route]
         return TenantSnapshot(
             tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
             end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,
-            metrics=tuple(metrics), counts=window.tally,
+            metrics=metrics, counts=window.tally,
             batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64))
-
-    @staticmethod
-    def _output_points(passed: dict[str, int], outputs: dict[str, set[int]],
-                       merged_groups: dict[str, set[int]], window_ms: int) -> dict[str, int]:
-        """Points each profile exports in the window: the points of series it passes, plus
-        one point per merged group per (default 15 s) flush (at least one)."""
-        flushes = max(1, window_ms // 15_000)
-        return {profile: passed.get(profile, 0) + flushes * len(merged_groups.get(profile, ()))
-                for profile in outputs}
-
-    def _forget(self, tenant: _Tenant, seen: npt.NDArray[np.uint64]) -> None:
-        """Keep the catalog and caches to the series of the last windows (bounded memory:
-        a series silent for ``_RECENT_WINDOWS`` windows is decoded again when it returns)."""
-        tenant.recent = [*tenant.recent[-(_RECENT_WINDOWS - 1):], seen]
-        if len(tenant.catalog) <= sum(len(k) for k in tenant.recent):
-            return
-        keep = np.unique(np.concatenate(tenant.recent))
-        known = np.fromiter(tenant.catalog, dtype=np.uint64, count=len(tenant.catalog))
-        stale = known[~np.isin(known, keep)].tolist()
-        for k in stale:
-            del tenant.catalog[k]
-            tenant.routes.pop(k, None)
-            for _, cache in tenant.shadows.values():
-                cache.pop(k, None)

@@ -172,6 +172,10 @@ class MetricSelector:
             return self._re.fullmatch(name) is not None
         return True
 
+    def matches_labels(self, labels: dict[str, str]) -> bool:
+        """Whether the label conditions hold (name and type are checked apart)."""
+        return all(m.matches(labels.get(m.name, "")) for m in self.matchers)
+
     def matches(self, name: str, labels: dict[str, str], kind: MetricKind) -> bool:
         """Whether the series ``labels`` (``__name__`` included) of metric ``name`` matches."""
         if self.kind is not MetricKind.ANY and kind is not self.kind:

@@ -91,10 +91,13 @@ class Route:
     overflow: bool = False
     tallies: tuple[tuple[str, bool, bool], ...] = ()
     """``(policy id, dry_run, changes this series)`` of every policy that matched."""
-    caps: tuple[tuple[int, Hashable, int], ...] = ()
-    """``(cap index, scope, identity)`` of every cap the series counts under."""
+    caps: tuple[tuple[int, Hashable, int | None], ...] = ()
+    """``(cap index, scope, identity)`` of every cap the series counts under; identity None
+    means the series' own key (the series reaches the cap unchanged), so such routes are
+    shared by all series of a metric."""
     topk: tuple[int, Hashable, Hashable] | None = None
-    """``(top-K index, scope, identity)`` when a top-K policy ranks the series."""
+    """``(top-K index, scope, identity)`` when a top-K policy ranks the series; identity
+    None: the series' own key, as for caps."""
 
 
 def _family(name: str) -> str:
@@ -145,6 +148,11 @@ def _identity(labels: Mapping[str, str]) -> int:
                       if n not in _KEEP_UNDER_OVERFLOW and n != REPLICA_LABEL)
 
 
+def _shareable(route: Route) -> bool:
+    return all(i is None for _, _, i in route.caps) and (
+        route.topk is None or route.topk[2] is None)
+
+
 def _with_replica(labels: Mapping[str, str], replica: str) -> LabelSet:
     out = {n: v for n, v in labels.items() if v}
     out[REPLICA_LABEL] = replica
@@ -169,11 +177,24 @@ class _TopKState:
 
 @dataclass(slots=True)
 class _Compiled:
+    """Policies by action kind, in order; for one metric name, only those whose name and
+    type conditions hold (the label conditions are checked per series)."""
+
     classify: list[PolicySpec] = field(default_factory=list)
     drop: list[PolicySpec] = field(default_factory=list)
-    aggregate: list[PolicySpec] = field(default_factory=list)
-    top_k: list[_TopKState] = field(default_factory=list)
-    cap: list[_CapState] = field(default_factory=list)
+    aggregate: list[tuple[PolicySpec, LabelReduction]] = field(default_factory=list)
+    top_k: list[tuple[int, _TopKState]] = field(default_factory=list)
+    cap: list[tuple[int, _CapState]] = field(default_factory=list)
+    caps_only: bool = False
+    """Only caps without label conditions apply: a plain series' route depends on nothing
+    but the caps' decisions (memoised in ``memo``)."""
+    memo: dict[tuple[bool, ...], Route] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.classify or self.drop or self.aggregate or self.top_k or self.cap)
+
+
+_CACHE_MAX = 65_536
 
 
 class Plan:
@@ -181,7 +202,9 @@ class Plan:
 
     ``replica`` is this pipeline replica's id; every merged output series carries it as
     ``phoenix_replica`` so replicas never overwrite each other's partial results. Top-K
-    sets live in the plan (see :mod:`phoenixcp.core.policy.topk`).
+    sets live in the plan (see :mod:`phoenixcp.core.policy.topk`). Routing a series costs
+    a few microseconds: policies are pre-filtered per metric name, and output label sets,
+    their keys and the routes themselves are shared between series.
     """
 
     def __init__(self, policies: Sequence[PolicySpec], *, replica: str,
@@ -190,6 +213,8 @@ class Plan:
         self.replica = replica
         self.default_flush = default_flush
         self.signature = tuple(p.fingerprint for p in self.policies)
+        self._tk: list[_TopKState] = []
+        self._caps: list[_CapState] = []
         self._c = _Compiled()
         self.unsupported: list[str] = []
         for p in self.policies:
@@ -198,20 +223,28 @@ class Plan:
                     self._c.classify.append(p)
                 case Drop():
                     self._c.drop.append(p)
-                case Aggregate():
-                    self._c.aggregate.append(p)
+                case Aggregate() as agg:
+                    self._c.aggregate.append(
+                        (p, LabelReduction(by=agg.by, without=agg.without)))
                 case TopK() as top_k:
-                    self._c.top_k.append(_TopKState(
-                        p, top_k, int(top_k.ranking_window.total_seconds() * 1000)))
+                    state = _TopKState(p, top_k, int(top_k.ranking_window.total_seconds()
+                                                     * 1000))
+                    self._c.top_k.append((len(self._tk), state))
+                    self._tk.append(state)
                 case Cap() as cap:
-                    self._c.cap.append(_CapState(p, cap, SeriesCap(config=CapConfig(
-                        max_series=cap.max_series, idle_timeout=cap.idle_timeout))))
+                    cap_state = _CapState(p, cap, SeriesCap(config=CapConfig(
+                        max_series=cap.max_series, idle_timeout=cap.idle_timeout)))
+                    self._c.cap.append((len(self._caps), cap_state))
+                    self._caps.append(cap_state)
+        self._by_name: dict[tuple[str, MetricKind], _Compiled] = {}
+        self._groups: dict[LabelSet, tuple[LabelSet, int]] = {}
+        self._routes: dict[Route, Route] = {}
 
     @property
     def targets(self) -> frozenset[Hashable]:
         """Fingerprints of the merge targets this plan may route to."""
         out: set[Hashable] = {p.fingerprint for p in self.policies}
-        if self._c.cap:
+        if self._caps:
             out.add(OVERFLOW_TARGET)
         return frozenset(out)
 
@@ -220,21 +253,82 @@ class Plan:
         """No policy at all: every series passes and nothing needs decoding."""
         return not self.policies
 
-    def route(self, labels: LabelSet, kind: MetricKind, now_ms: int) -> Route:
-        """Decide what happens to the series ``labels`` (``__name__`` included)."""
+    def _for_name(self, name: str, kind: MetricKind) -> _Compiled:
+        found = self._by_name.get((name, kind))
+        if found is None:
+            def ok(p: PolicySpec) -> bool:
+                sel = p.match
+                return (sel.kind is MetricKind.ANY or sel.kind is kind) and sel.matches_name(name)
+            c = self._c
+            found = _Compiled(
+                classify=[p for p in c.classify if ok(p)],
+                drop=[p for p in c.drop if ok(p)],
+                aggregate=[(p, r) for p, r in c.aggregate if ok(p)],
+                top_k=[(i, t) for i, t in c.top_k if ok(t.policy)],
+                cap=[(i, s) for i, s in c.cap if ok(s.policy)])
+            found.caps_only = bool(found.cap) and not (
+                found.classify or found.drop or found.aggregate or found.top_k) and all(
+                not s.policy.match.matchers for _, s in found.cap)
+            if len(self._by_name) >= _CACHE_MAX:
+                self._by_name.clear()
+            self._by_name[(name, kind)] = found
+        return found
+
+    def _shared(self, route: Route) -> Route:
+        found = self._routes.get(route)
+        if found is None:
+            if len(self._routes) >= _CACHE_MAX:
+                self._routes.clear()
+            found = self._routes[route] = route
+        return found
+
+    def _group(self, out: Mapping[str, str]) -> tuple[LabelSet, int]:
+        """The output label set (with ``phoenix_replica``) and its key, shared."""
+        labels = tuple(sorted((n, v) for n, v in out.items() if v))
+        found = self._groups.get(labels)
+        if found is None:
+            group = _with_replica(out, self.replica)
+            found = (group, series_key(group))
+            if len(self._groups) >= _CACHE_MAX:
+                self._groups.clear()
+            self._groups[labels] = found
+        return found
+
+    def route(self, labels: LabelSet, kind: MetricKind, now_ms: int,
+              key: int | None = None) -> Route:
+        """Decide what happens to the series ``labels`` (``__name__`` included, sorted by
+        name); ``key`` is its series key when the caller has it (saves hashing)."""
+        name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else \
+            dict(labels).get(METRIC_NAME_LABEL, "")
+        c = self._for_name(name, kind)
+        if not c:
+            return self._shared(Route(Code.PASS, name))
+        if c.caps_only and key is not None and not any(
+                n == "le" or n == "quantile" for n, _ in labels):
+            decisions = tuple(
+                s.cap.admit(name if s.action.scope is CapScope.PER_METRIC else "", key, now_ms)
+                for _, s in c.cap)
+            found = c.memo.get(decisions)
+            if found is None:
+                found = c.memo[decisions] = self._route(labels, name, c, kind, now_ms, key)
+            return found
+        return self._route(labels, name, c, kind, now_ms, key)
+
+    def _route(self, labels: LabelSet, name: str, c: _Compiled, kind: MetricKind,
+               now_ms: int, key: int | None) -> Route:
         d = dict(labels)
-        name = d.get(METRIC_NAME_LABEL, "")
         tallies: list[tuple[str, bool, bool]] = []
-        caps: list[tuple[int, Hashable, int]] = []
-        priority, rollup = self._classify(name, d, kind, tallies)
+        caps: list[tuple[int, Hashable, int | None]] = []
+        priority, rollup = self._classify(c, d, tallies)
         if priority is PriorityClass.CRITICAL:
-            return Route(Code.OBSERVE if tallies else Code.PASS, name, priority,
-                         tallies=tuple(tallies))
-        for p in self._c.drop:
-            if p.match.matches(name, d, kind):
+            return self._shared(Route(Code.OBSERVE if tallies else Code.PASS, name, priority,
+                                      tallies=tuple(tallies)))
+        for p in c.drop:
+            if p.match.matches_labels(d):
                 tallies.append((p.id, not p.enforced, True))
                 if p.enforced:
-                    return Route(Code.DROP, name, priority, tallies=tuple(tallies))
+                    return self._shared(Route(Code.DROP, name, priority,
+                                              tallies=tuple(tallies)))
         out: dict[str, str] | None = None
         target: MergeSpec | None = None
         overflow = False
@@ -245,28 +339,29 @@ class Plan:
             target = MergeSpec(policy.fingerprint, policy.id, roll.gauge_function,
                                self.default_flush)
         current = d if out is None else out
-        for p in self._c.aggregate:
-            if not p.match.matches(name, d, kind):
+        for p, reduction in c.aggregate:
+            if not p.match.matches_labels(d):
                 continue
             assert isinstance(p.action, Aggregate)
-            reduced = dict(LabelReduction(by=p.action.by, without=p.action.without)
-                           .apply(tuple(current.items())))
+            reduced = dict(reduction.apply(tuple(current.items())))
             tallies.append((p.id, not p.enforced, reduced != current))
             if p.enforced and out is None:
                 out = reduced
                 current = out
                 target = MergeSpec(p.fingerprint, p.id, p.action.gauge_function,
                                    p.action.flush_interval)
+        plain_key = key if key is not None and out is None and not (
+            "le" in d or "quantile" in d) else None
         topk: tuple[int, Hashable, Hashable] | None = None
         watch = False
         cumulative = merges_cumulatively(name, kind, d)
-        for index, tk in enumerate(self._c.top_k):
+        for index, tk in c.top_k:
             p = tk.policy
-            if not p.match.matches(name, d, kind):
+            if not p.match.matches_labels(d):
                 continue
             partition = tuple((n, current.get(n, "")) for n in tk.action.partition_by)
             scope: Hashable = (name, partition)
-            identity = _identity(current)
+            identity = plain_key if plain_key is not None else _identity(current)
             members = tk.sets.get(scope)
             if members is None:
                 members = tk.sets[scope] = TopKSet(tk.action, cumulative)
@@ -275,7 +370,7 @@ class Plan:
             kept = members.place(identity)
             tallies.append((p.id, not p.enforced, not kept))
             if p.enforced and topk is None:
-                topk = (index, scope, identity)
+                topk = (index, scope, None if identity == plain_key else identity)
                 if kept:
                     watch = True
                 else:
@@ -283,16 +378,17 @@ class Plan:
                     out = {METRIC_NAME_LABEL: name, **dict(partition),
                            tk.action.other_label: "other", **kept_labels}
                     current = out
+                    plain_key = None
                     target = MergeSpec(p.fingerprint, p.id, tk.action.gauge_function,
                                        self.default_flush)
-        for index, state in enumerate(self._c.cap):
+        for index, state in c.cap:
             p = state.policy
-            if not p.match.matches(name, d, kind):
+            if not p.match.matches_labels(d):
                 continue
             scope = name if state.action.scope is CapScope.PER_METRIC else ""
-            identity = _identity(current)
+            identity = plain_key if plain_key is not None else _identity(current)
             admitted = state.cap.admit(scope, identity, now_ms)
-            caps.append((index, scope, identity))
+            caps.append((index, scope, None if identity == plain_key else identity))
             tallies.append((p.id, not p.enforced, not admitted))
             if not admitted and p.enforced and not overflow:
                 overflow = True
@@ -305,21 +401,23 @@ class Plan:
                                    self.default_flush)
         if out is None or target is None:
             code = Code.WATCH if watch else Code.OBSERVE if tallies else Code.PASS
-            return Route(code, name, priority, tallies=tuple(tallies), caps=tuple(caps),
-                         topk=topk)
-        group = _with_replica(out, self.replica)
-        return Route(Code.MERGE, name, priority, group=group, group_key=series_key(group),
-                     target=target, cumulative=cumulative, overflow=overflow,
-                     tallies=tuple(tallies), caps=tuple(caps), topk=topk)
+            route = Route(code, name, priority, tallies=tuple(tallies), caps=tuple(caps),
+                          topk=topk)
+            return self._shared(route) if _shareable(route) else route
+        group, group_key = self._group(out)
+        route = Route(Code.MERGE, name, priority, group=group, group_key=group_key,
+                      target=target, cumulative=cumulative, overflow=overflow,
+                      tallies=tuple(tallies), caps=tuple(caps), topk=topk)
+        return self._shared(route) if _shareable(route) else route
 
-    def _classify(self, name: str, d: dict[str, str], kind: MetricKind,
+    def _classify(self, c: _Compiled, d: dict[str, str],
                   tallies: list[tuple[str, bool, bool]]
                   ) -> tuple[PriorityClass, tuple[PolicySpec, PriorityRollup] | None]:
         priority = PriorityClass.MEDIUM
         decided = False
         rollup: tuple[PolicySpec, PriorityRollup] | None = None
-        for p in self._c.classify:
-            if not p.match.matches(name, d, kind):
+        for p in c.classify:
+            if not p.match.matches_labels(d):
                 continue
             assert isinstance(p.action, Classify)
             found = p.action.classify(d)
@@ -331,22 +429,23 @@ class Plan:
                 rollup = None if roll is None else (p, roll)
         return priority, rollup
 
-    def touch(self, route: Route, now_ms: int) -> None:
-        """Mark a routed series as alive for its caps (once per window per series seen)."""
+    def touch(self, route: Route, key: int, now_ms: int) -> None:
+        """Mark series ``key`` as alive for its caps (once per window per series seen)."""
         for index, scope, identity in route.caps:
-            self._c.cap[index].cap.admit(scope, identity, now_ms)
+            self._caps[index].cap.admit(scope, key if identity is None else identity, now_ms)
 
-    def weigh(self, route: Route, series: Hashable, value: float) -> None:
-        """Count one point of a top-K ranked series towards its rank."""
+    def weigh(self, route: Route, key: int, value: float) -> None:
+        """Count one point of the top-K ranked series ``key`` towards its rank."""
         if route.topk is not None:
             index, scope, identity = route.topk
-            self._c.top_k[index].sets[scope].weigh(identity, series, value)
+            self._tk[index].sets[scope].weigh(key if identity is None else identity, key,
+                                              value)
 
     def rerank(self, now_ms: int) -> set[tuple[int, Hashable, Hashable]]:
         """End the ranking windows that are due; returns the ``Route.topk`` of every series
         that moved (promoted or demoted), whose routes must be computed again."""
         moved: set[tuple[int, Hashable, Hashable]] = set()
-        for index, tk in enumerate(self._c.top_k):
+        for index, tk in enumerate(self._tk):
             if not tk.next_rank_ms or now_ms < tk.next_rank_ms:
                 continue
             tk.next_rank_ms = now_ms + tk.window_ms
@@ -357,8 +456,8 @@ class Plan:
 
     @property
     def ranks(self) -> bool:
-        return bool(self._c.top_k)
+        return bool(self._tk)
 
     def expire_caps(self, now_ms: int) -> int:
         """Forget cap places idle past their timeout; returns how many were freed."""
-        return sum(s.cap.expire(now_ms) for s in self._c.cap)
+        return sum(s.cap.expire(now_ms) for s in self._caps)
