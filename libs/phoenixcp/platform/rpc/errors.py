@@ -7,7 +7,8 @@ programs can branch on (see "Errors" in protos/phoenix/v1/common.proto).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import grpc
 
@@ -34,6 +35,16 @@ _CODES: tuple[tuple[type[errors.PhoenixError], grpc.StatusCode, Any], ...] = (
 )
 
 
+class _FieldViolation(Protocol):
+    """What an error's ``violations`` hold (e.g. ``phoenixcp.platform.policy.Violation``)."""
+
+    @property
+    def field(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+
 def _lookup(exc: errors.PhoenixError) -> tuple[grpc.StatusCode, Any]:
     for kind, code, reason in _CODES:
         if isinstance(exc, kind):
@@ -50,10 +61,19 @@ def status_for(exc: errors.PhoenixError) -> tuple[grpc.StatusCode, str]:
 
 
 def error_detail(exc: errors.PhoenixError) -> common_pb2.ErrorDetail:
-    """The machine-readable ``ErrorDetail`` for ``exc``."""
+    """The machine-readable ``ErrorDetail`` for ``exc``.
+
+    An InvalidArgument that carries ``violations`` (a sequence of objects with ``field`` and
+    ``description``, as ``PolicyRejected`` does) lists every one of them; otherwise its
+    ``field``, if any, is the one violation, described by the whole message.
+    """
     detail = common_pb2.ErrorDetail(reason=_lookup(exc)[1], message=status_for(exc)[1])
-    if isinstance(exc, errors.InvalidArgument) and exc.field:
-        detail.violations.add(field=exc.field, description=str(exc))
+    if isinstance(exc, errors.InvalidArgument):
+        violations: Sequence[_FieldViolation] = getattr(exc, "violations", None) or ()
+        for violation in violations:
+            detail.violations.add(field=violation.field, description=violation.description)
+        if not violations and exc.field:
+            detail.violations.add(field=exc.field, description=str(exc))
     if isinstance(exc, errors.NotLeader) and exc.leader:
         detail.leader.address = exc.leader
     if isinstance(exc, errors.ResourceExhausted) and exc.retry_after is not None:
