@@ -14,7 +14,9 @@ supplies, because decoding protobuf belongs to the adapters, not to this pure mo
 A policy that must change only some series asks for :meth:`MetricBatch.subset`: a batch
 made of the raw bytes of the chosen series (found by ``series_spans``, their byte ranges in
 the request) plus the request's other top-level fields (metadata), so the series no policy
-touches are passed on without being decoded.
+touches are passed on without being decoded. The labels of some series alone (a series seen
+for the first time) come from :meth:`MetricBatch.label_sets`, read from those series' bytes
+by a function the receiver supplies (the C scanner's ``labels``).
 
 Batches are immutable values; ``columns()`` is computed at most once per batch under normal
 use (a race between two threads may decode twice; both results are equal).
@@ -33,6 +35,7 @@ import numpy.typing as npt
 __all__ = [
     "BatchColumns",
     "ColumnsDecoder",
+    "LabelDecoder",
     "LabelSet",
     "MetricBatch",
     "MetricType",
@@ -41,7 +44,8 @@ __all__ = [
 ]
 
 LabelSet = tuple[tuple[str, str], ...]
-"""A series' labels as ``((name, value), ...)``, ``__name__`` included, in arrival order."""
+"""A series' labels as ``((name, value), ...)``, ``__name__`` included: in arrival order in
+:class:`BatchColumns`, sorted by name from :meth:`MetricBatch.label_sets`."""
 
 
 class MetricType(enum.Enum):
@@ -86,6 +90,15 @@ SpanGather = Callable[[bytes, npt.NDArray[np.uint32], bytes], bytes]
 ``spans`` (uint32, shape (k, 4), C-contiguous), in row order, then ``tail``. Raises
 ValueError or IndexError on a span outside ``data``. :func:`gather_spans` is the numpy one;
 a receiver may supply a faster one (the C scanner's)."""
+
+
+LabelDecoder = Callable[[bytes, npt.NDArray[np.uint32]], list[LabelSet]]
+"""``(data, spans) -> label sets``: for each row ``(start, end, ...)`` of ``spans`` (uint32,
+shape (k, 4), C-contiguous), the labels of the validated ``TimeSeries`` entry
+``data[start:end]`` (tag and length included), sorted by name (byte order), labels with an
+empty value left out; equal pairs may be one shared object. Raises ValueError on a span
+outside ``data`` or bytes that are not one entry. Supplied by the receiver (the C scanner's
+``labels``)."""
 
 
 def gather_spans(data: bytes, spans: npt.NDArray[np.uint32], tail: bytes) -> bytes:
@@ -138,8 +151,9 @@ class MetricBatch:
     and ``histogram_count`` of column 3. ``other_fields`` is every top-level field of the
     request that is not a ``TimeSeries`` (metadata, unknown fields), verbatim and in order.
     Both come from the receiver's scanner; a batch built by hand without them works for
-    everything but :meth:`subset`. ``gather`` builds :meth:`subset`'s bytes (default:
-    :func:`gather_spans`).
+    everything but :meth:`subset` and :meth:`label_sets`. ``gather`` builds
+    :meth:`subset`'s bytes (default: :func:`gather_spans`); ``labeler`` reads
+    :meth:`label_sets` from the spans (default: decode the subset's columns).
     """
 
     tenant: str
@@ -156,6 +170,7 @@ class MetricBatch:
     queues and exporters then pass it on without compressing it again."""
     decoder: ColumnsDecoder | None = field(default=None, repr=False, compare=False)
     gather: SpanGather | None = field(default=None, repr=False, compare=False)
+    labeler: LabelDecoder | None = field(default=None, repr=False, compare=False)
     _columns: list[BatchColumns] = field(
         default_factory=list, init=False, repr=False, compare=False
     )
@@ -185,25 +200,13 @@ class MetricBatch:
 
         The new ``write_request`` is the chosen series' bytes as they arrived (not decoded,
         not re-encoded); keys, spans (rebased), ``sample_count`` and ``histogram_count`` are
-        recomputed, ``metadata_count``, tenant, ``received_at``, ``decoder`` and ``gather``
-        are kept, ``compressed`` is None. An empty ``index`` gives a request holding only
-        ``other_fields``. Pure and thread-safe. Raises RuntimeError when the batch has no
-        ``series_spans`` (built by hand), TypeError for a non-integer index, IndexError for
-        an index out of range.
+        recomputed, ``metadata_count``, tenant, ``received_at``, ``decoder``, ``gather`` and
+        ``labeler`` are kept, ``compressed`` is None. An empty ``index`` gives a request
+        holding only ``other_fields``. Pure and thread-safe. Raises RuntimeError when the
+        batch has no ``series_spans`` (built by hand), TypeError for a non-integer index,
+        IndexError for an index out of range.
         """
-        spans = self.series_spans
-        if spans is _NO_SPANS or spans.shape != (self.series_count, 4):
-            raise RuntimeError(
-                "this MetricBatch has no series_spans (one (start, end, points, histograms) "
-                "row per series), so it cannot be subset; build it with a receiver's decoder"
-            )
-        index = np.asarray(index)
-        if index.ndim != 1 or index.dtype.kind not in "iu":
-            raise TypeError(
-                f"subset() takes a 1-d integer array of series positions, not {index.dtype} "
-                f"with shape {index.shape}"
-            )
-        picked = np.take(spans, index, axis=0)  # a quarter of the time of spans[index]
+        picked = self._picked_spans(index, "subset")
         data = (self.gather or gather_spans)(self.write_request, picked, self.other_fields)
         if len(data) > 0xFFFFFFFF:
             raise ValueError("the subset request would be over 4 GiB; choose fewer series")
@@ -224,4 +227,42 @@ class MetricBatch:
             other_fields=self.other_fields,
             decoder=self.decoder,
             gather=self.gather,
+            labeler=self.labeler,
         )
+
+    def label_sets(self, index: npt.NDArray[np.integer[Any]]) -> list[LabelSet]:
+        """The label sets of the series at ``index`` (as for :meth:`subset`), in the order
+        given: each sorted by name (byte order), labels with an empty value left out.
+
+        With a ``labeler`` (what the receivers build) only those series' bytes are read and
+        equal ``(name, value)`` pairs are shared objects; without one the subset's columns are
+        decoded. Raises as :meth:`subset` does.
+        """
+        if self.labeler is not None:
+            return self.labeler(self.write_request, self._picked_spans(index, "label_sets"))
+        return [
+            tuple(sorted((pair for pair in labels if pair[1]), key=_pair_name))
+            for labels in self.subset(index).columns().label_sets
+        ]
+
+    def _picked_spans(self, index: npt.NDArray[np.integer[Any]],
+                      caller: str) -> npt.NDArray[np.uint32]:
+        """The rows of ``series_spans`` at ``index``: a new C-contiguous (k, 4) array."""
+        spans = self.series_spans
+        if spans is _NO_SPANS or spans.shape != (self.series_count, 4):
+            raise RuntimeError(
+                "this MetricBatch has no series_spans (one (start, end, points, histograms) "
+                f"row per series), so {caller}() cannot pick series from it; build it with a "
+                "receiver's decoder"
+            )
+        index = np.asarray(index)
+        if index.ndim != 1 or index.dtype.kind not in "iu":
+            raise TypeError(
+                f"{caller}() takes a 1-d integer array of series positions, not {index.dtype} "
+                f"with shape {index.shape}"
+            )
+        return np.take(spans, index, axis=0)  # a quarter of the time of spans[index]
+
+
+def _pair_name(pair: tuple[str, str]) -> str:
+    return pair[0]  # str order is code point order, which is UTF-8 byte order

@@ -5,6 +5,7 @@
  *   scan(buffer) -> (keys: bytes, samples: int, histograms: int, metadata: int,
  *                    spans: bytes, other: bytes)
  *   gather(buffer, spans, tail) -> bytes
+ *   labels(buffer, spans) -> list[tuple[tuple[str, str], ...]]
  *
  * `keys` holds one native-endian uint64 per TimeSeries: xxh64 (seed 0) of the series'
  * canonical label bytes (phoenixcp.core.series). `spans` holds four native uint32 per
@@ -19,6 +20,14 @@
  * four per row, any order, repeats allowed) and then `tail`: MetricBatch.subset() uses it
  * to build a request from some of the series. It raises ValueError on a span outside the
  * buffer.
+ *
+ * labels() returns, for each row of `spans` (as for gather(); buffer[start:end] must be one
+ * whole TimeSeries entry, as scan() found it), that series' labels as ((name, value), ...),
+ * sorted by name bytes (stable: a series that arrives sorted keeps its order), labels with
+ * an empty value left out. Pairs and names are interned in a bounded per-process cache
+ * (label_cache_size() -> (pairs, names), label_cache_clear()). It holds the GIL (it builds
+ * Python objects) and raises ValueError on a span outside the buffer or bytes that are not
+ * one TimeSeries entry, UnicodeDecodeError on a string that is not UTF-8.
  *
  * The pure-Python fallback (_wirescan_py.py) implements the same contract and the tests run
  * both.
@@ -569,6 +578,251 @@ done:
     return out;
 }
 
+/* ---- labels(): the label sets of some series, as interned Python tuples ----
+ *
+ * A bounded cache maps a label's (name, value) bytes to one ('name', 'value') tuple, and a
+ * name's bytes to one str, so the many series sharing job="api" share one pair object and
+ * every pair shares its name object. Both are open-addressing tables of (hash, object)
+ * slots allocated with PyMem (tracemalloc sees them), cleared whole when they reach
+ * LABEL_CACHE_MAX entries. Lookups compare the cached str's characters with the raw UTF-8
+ * bytes and allocate nothing; entries are only added after the objects are built, by a
+ * fresh probe, so a reentrant call (a finalizer run by the GC during an allocation) cannot
+ * leave a stale slot pointer behind. The GIL is held throughout. */
+#define LABEL_CACHE_MAX 262144
+
+typedef struct { uint64_t h; PyObject *obj; } slot_t;
+typedef struct { slot_t *slots; size_t mask, count; } table_t;
+
+static table_t PAIRS = {NULL, 0, 0}, NAMES = {NULL, 0, 0};
+
+static void table_clear(table_t *t) {
+    slot_t *slots = t->slots; size_t n = slots ? t->mask + 1 : 0;
+    t->slots = NULL; t->mask = 0; t->count = 0; /* detach before any DECREF */
+    for (size_t i = 0; i < n; i++) Py_XDECREF(slots[i].obj);
+    PyMem_Free(slots);
+}
+
+/* Add obj (a new reference is taken) under h; grows at 1/2 load, clears at the cap. */
+static int table_add(table_t *t, uint64_t h, PyObject *obj) {
+    if (t->count >= LABEL_CACHE_MAX) table_clear(t);
+    if (!t->slots || (t->count + 1) * 2 > t->mask + 1) {
+        size_t cap = t->slots ? (t->mask + 1) * 2 : 1024;
+        slot_t *slots = PyMem_Calloc(cap, sizeof(slot_t));
+        if (!slots) { PyErr_NoMemory(); return -1; }
+        if (t->slots) {
+            for (size_t i = 0; i <= t->mask; i++) {
+                if (!t->slots[i].obj) continue;
+                size_t j = (size_t)t->slots[i].h & (cap - 1);
+                while (slots[j].obj) j = (j + 1) & (cap - 1);
+                slots[j] = t->slots[i];
+            }
+            PyMem_Free(t->slots);
+        }
+        t->slots = slots; t->mask = cap - 1;
+    }
+    size_t j = (size_t)h & t->mask;
+    while (t->slots[j].obj) j = (j + 1) & t->mask;
+    Py_INCREF(obj);
+    t->slots[j].h = h; t->slots[j].obj = obj; t->count++;
+    return 0;
+}
+
+/* The last n < 8 bytes at p as one word, with no read outside p[0:n] and no call. */
+HOT uint64_t tail_word(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 4) return rd32(p) | (uint64_t)rd32(p + n - 4) << 32;
+    if (n > 0) return p[0] | (uint64_t)p[n >> 1] << 8 | (uint64_t)p[n - 1] << 16;
+    return 0;
+}
+
+HOT int bytes_eq(const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
+    for (; n >= 8; a += 8, b += 8, n -= 8) if (rd64(a) != rd64(b)) return 0;
+    return tail_word(a, n) == tail_word(b, n); /* same n: the same bytes are compared */
+}
+
+/* Whether str s is exactly the strict UTF-8 decoding of p[0:n]; allocates nothing. */
+HOT int str_is(PyObject *s, const uint8_t *p, Py_ssize_t n) {
+    if (PyUnicode_IS_ASCII(s))
+        return PyUnicode_GET_LENGTH(s) == n && bytes_eq(PyUnicode_1BYTE_DATA(s), p, n);
+    int kind = PyUnicode_KIND(s);
+    const void *d = PyUnicode_DATA(s);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(s), i = 0, j = 0;
+    while (j < n) {
+        uint8_t b = p[j];
+        uint32_t cp; int k;
+        if (b < 0x80) { cp = b; k = 1; }
+        else if ((b & 0xE0) == 0xC0) { cp = b & 0x1F; k = 2; }
+        else if ((b & 0xF0) == 0xE0) { cp = b & 0x0F; k = 3; }
+        else if ((b & 0xF8) == 0xF0) { cp = b & 0x07; k = 4; }
+        else return 0;
+        if (j + k > n) return 0;
+        for (int m = 1; m < k; m++) {
+            if ((p[j + m] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (p[j + m] & 0x3F);
+        }
+        if ((k == 2 && cp < 0x80) || (k == 3 && cp < 0x800) || (k == 4 && cp < 0x10000)
+            || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+        if (i >= len || PyUnicode_READ(kind, d, i) != cp) return 0;
+        i++; j += k;
+    }
+    return i == len;
+}
+
+/* A cheap hash of short strings, 8 bytes a step (only the cache uses it: an equal hash is
+ * always checked against the strings, so a collision costs time, never a wrong answer). */
+HOT uint64_t mix(uint64_t h, uint64_t v) { h = (h ^ v) * P1; return h ^ (h >> 29); }
+HOT uint64_t str_hash(uint64_t h, const uint8_t *p, Py_ssize_t n) {
+    for (; n >= 8; p += 8, n -= 8) h = mix(h, rd64(p));
+    return mix(h, tail_word(p, n) ^ ((uint64_t)n << 59)); /* n < 8 here */
+}
+HOT uint64_t finish(uint64_t h) { h ^= h >> 33; h *= P2; return h ^ (h >> 32); }
+
+HOT uint64_t pair_hash(const label_t *l) {
+    return finish(str_hash(str_hash(P5, l->name, l->nlen) + (uint64_t)l->nlen, l->value,
+                           l->vlen));
+}
+
+/* A new reference to the name's interned str. */
+static PyObject *name_str(const label_t *l) {
+    uint64_t h = finish(str_hash(P4, l->name, l->nlen));
+    if (NAMES.slots) {
+        for (size_t j = (size_t)h & NAMES.mask; NAMES.slots[j].obj; j = (j + 1) & NAMES.mask) {
+            PyObject *s = NAMES.slots[j].obj;
+            if (NAMES.slots[j].h == h && str_is(s, l->name, l->nlen)) { Py_INCREF(s); return s; }
+        }
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)l->name, l->nlen, "strict");
+    if (!s) return NULL;
+    if (table_add(&NAMES, h, s) < 0) { Py_DECREF(s); return NULL; }
+    return s;
+}
+
+/* A new reference to the label's interned (name, value) tuple. */
+static PyObject *pair_tuple(const label_t *l) {
+    uint64_t h = pair_hash(l);
+    if (PAIRS.slots) {
+        for (size_t j = (size_t)h & PAIRS.mask; PAIRS.slots[j].obj; j = (j + 1) & PAIRS.mask) {
+            PyObject *t = PAIRS.slots[j].obj;
+            if (PAIRS.slots[j].h == h && str_is(PyTuple_GET_ITEM(t, 0), l->name, l->nlen)
+                && str_is(PyTuple_GET_ITEM(t, 1), l->value, l->vlen)) {
+                Py_INCREF(t); return t;
+            }
+        }
+    }
+    PyObject *name = name_str(l);
+    if (!name) return NULL;
+    PyObject *value = PyUnicode_DecodeUTF8((const char *)l->value, l->vlen, "strict");
+    if (!value) { Py_DECREF(name); return NULL; }
+    PyObject *t = PyTuple_New(2);
+    if (!t) { Py_DECREF(name); Py_DECREF(value); return NULL; }
+    PyTuple_SET_ITEM(t, 0, name); PyTuple_SET_ITEM(t, 1, value);
+    if (table_add(&PAIRS, h, t) < 0) { Py_DECREF(t); return NULL; }
+    return t;
+}
+
+/* The name and value of one Label message (last occurrence wins, other fields skipped). */
+HOT int label_fields(cur_t c, label_t *l) {
+    const uint8_t *s = c.p; Py_ssize_t n = c.end - c.p;
+    if (n >= 4 && s[0] == 0x0a && s[1] < 0x80 && s[1] + 4 <= n && s[2 + s[1]] == 0x12
+        && s[3 + s[1]] < 0x80 && 4 + s[1] + s[3 + s[1]] == n) { /* the canonical shape */
+        l->name = s + 2; l->nlen = s[1]; l->value = s + 4 + s[1]; l->vlen = s[3 + s[1]];
+        return 0;
+    }
+    uint32_t num, wt; cur_t sub;
+    l->name = l->value = (const uint8_t *)""; l->nlen = l->vlen = 0;
+    while (c.p < c.end) {
+        if (field(&c, &num, &wt, &sub) < 0) return -1;
+        if (num == 1 || num == 2) {
+            if (wt != 2) return -1;
+            if (num == 1) { l->name = sub.p; l->nlen = sub.end - sub.p; }
+            else { l->value = sub.p; l->vlen = sub.end - sub.p; }
+        }
+    }
+    return 0;
+}
+
+static int label_row(const uint8_t *base, Py_ssize_t blen, const uint8_t *rowp, Py_ssize_t i,
+                     label_t **labels, Py_ssize_t *cap, PyObject **out) {
+    span_t r; memcpy(&r, rowp, sizeof r);
+    if (r.start > r.end || r.end > (uint64_t)blen) {
+        PyErr_Format(PyExc_ValueError, "span %zd (%u, %u) is outside the %zd-byte buffer",
+                     i, r.start, r.end, blen);
+        return -1;
+    }
+    cur_t c = {base + r.start, base + r.end}, ts;
+    uint32_t num, wt;
+    Py_ssize_t n = 0;
+    int sorted = 1;
+    if (field(&c, &num, &wt, &ts) < 0 || num != 1 || wt != 2 || c.p != c.end) goto malformed;
+    while (ts.p < ts.end) {
+        cur_t sub;
+        if (field(&ts, &num, &wt, &sub) < 0) goto malformed;
+        if (num != 1) continue;
+        if (wt != 2) goto malformed;
+        if (grow((void **)labels, cap, n + 1, sizeof(label_t)) < 0) { PyErr_NoMemory(); return -1; }
+        label_t *L = *labels + n;
+        if (label_fields(sub, L) < 0) goto malformed;
+        if (L->vlen == 0) continue; /* an empty value is no label */
+        if (n && sorted && label_cmp(L - 1, L) > 0) sorted = 0;
+        n++;
+    }
+    label_t *L = *labels;
+    if (!sorted) { /* stable insertion sort by name bytes: label sets are small */
+        for (Py_ssize_t a = 1; a < n; a++) {
+            label_t t = L[a]; Py_ssize_t b = a;
+            while (b > 0 && label_cmp(&L[b - 1], &t) > 0) { L[b] = L[b - 1]; b--; }
+            L[b] = t;
+        }
+    }
+    PyObject *tuple = PyTuple_New(n);
+    if (!tuple) return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = pair_tuple(&L[k]);
+        if (!pair) { Py_DECREF(tuple); return -1; }
+        PyTuple_SET_ITEM(tuple, k, pair);
+    }
+    *out = tuple;
+    return 0;
+malformed:
+    PyErr_Format(PyExc_ValueError, "span %zd is not one well-formed TimeSeries entry", i);
+    return -1;
+}
+
+static PyObject *labels(PyObject *self, PyObject *args) {
+    Py_buffer buf, sp;
+    if (!PyArg_ParseTuple(args, "y*y*", &buf, &sp)) return NULL;
+    PyObject *out = NULL;
+    label_t *scratch = NULL; Py_ssize_t cap = 0;
+    if (sp.len % (Py_ssize_t)sizeof(span_t)) {
+        PyErr_SetString(PyExc_ValueError, "spans must be rows of four uint32");
+        goto done;
+    }
+    Py_ssize_t rows = sp.len / (Py_ssize_t)sizeof(span_t);
+    out = PyList_New(rows);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        PyObject *one;
+        if (label_row((const uint8_t *)buf.buf, buf.len,
+                      (const uint8_t *)sp.buf + i * (Py_ssize_t)sizeof(span_t), i,
+                      &scratch, &cap, &one) < 0) {
+            Py_CLEAR(out); goto done;
+        }
+        PyList_SET_ITEM(out, i, one);
+    }
+done:
+    free(scratch);
+    PyBuffer_Release(&buf); PyBuffer_Release(&sp);
+    return out;
+}
+
+static PyObject *label_cache_size(PyObject *self, PyObject *unused) {
+    return Py_BuildValue("(nn)", (Py_ssize_t)PAIRS.count, (Py_ssize_t)NAMES.count);
+}
+
+static PyObject *label_cache_clear(PyObject *self, PyObject *unused) {
+    table_clear(&PAIRS); table_clear(&NAMES);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_xxh64(PyObject *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
@@ -580,6 +834,9 @@ static PyObject *py_xxh64(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "Scan and validate a WriteRequest; see the module source."},
     {"gather", gather, METH_VARARGS, "Concatenate spans of a buffer, then a tail; see the module source."},
+    {"labels", labels, METH_VARARGS, "The sorted, interned label sets of some series; see the module source."},
+    {"label_cache_size", label_cache_size, METH_NOARGS, "(pairs, names) held by labels()' cache."},
+    {"label_cache_clear", label_cache_clear, METH_NOARGS, "Empty labels()' cache (tests, benchmarks)."},
     {"xxh64", py_xxh64, METH_O, "xxh64 (seed 0) of a buffer, for tests."},
     {NULL, NULL, 0, NULL},
 };

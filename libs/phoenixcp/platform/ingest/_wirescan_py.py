@@ -5,7 +5,10 @@ Same contract: ``scan(buffer) -> (keys, samples, histograms, metadata, spans, ot
 ``spans`` four native uint32 per ``TimeSeries`` (start, end, points, histograms: see
 ``_wirescan.c``) and ``other`` the top-level fields that are not a ``TimeSeries``, verbatim;
 else ``ValueError(kind, series_index, detail)``. ``gather(buffer, spans, tail)`` is
-:func:`phoenixcp.core.batch.gather_spans`. It is slower (a Python loop per label and per
+:func:`phoenixcp.core.batch.gather_spans`. ``labels(buffer, spans)`` gives the label set of
+the series at each span row, sorted by name, empty values left out, its ``(name, value)``
+pairs and names interned in a bounded cache (``label_cache_size()``,
+``label_cache_clear()``). It is slower (a Python loop per label and per
 sample); label sets already validated are remembered by their raw bytes so steady-state
 series skip name validation and hashing. The cache is per process, bounded, and safe under
 the GIL.
@@ -20,10 +23,12 @@ import xxhash
 from phoenixcp.core.batch import gather_spans as gather
 from phoenixcp.core.series import canonical_label_bytes, label_name_problem
 
-__all__ = ["gather", "scan"]
+__all__ = ["gather", "label_cache_clear", "label_cache_size", "labels", "scan"]
 
 _CACHE_MAX = 262_144
 _validated: dict[bytes, int] = {}
+_pairs: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+_names: dict[bytes, str] = {}
 _METRIC_FIRST = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_:")
 _METRIC_REST = _METRIC_FIRST | frozenset(b"0123456789")
 
@@ -210,3 +215,78 @@ def scan(buffer: bytes) -> tuple[bytes, int, int, int, bytes, bytes]:
         struct.pack(f"={len(spans)}I", *spans),
         b"".join(other),
     )
+
+
+def _pair(name: bytes, value: bytes) -> tuple[str, str]:
+    """The interned ``(name, value)`` of a label (names interned too)."""
+    key = (name, value)
+    pair = _pairs.get(key)
+    if pair is None:
+        name_s = _names.get(name)
+        if name_s is None:
+            name_s = name.decode("utf-8")
+            if len(_names) >= _CACHE_MAX:
+                _names.clear()
+            _names[name] = name_s
+        pair = (name_s, value.decode("utf-8"))
+        if len(_pairs) >= _CACHE_MAX:
+            _pairs.clear()
+        _pairs[key] = pair
+    return pair
+
+
+def _label_fields(buf: bytes, pos: int, end: int) -> tuple[bytes, bytes]:
+    name = value = b""
+    while pos < end:
+        num, wt, start, pos = _field(buf, pos, end)
+        if num in (1, 2):
+            if wt != 2:
+                raise _Malformed
+            if num == 1:
+                name = buf[start:pos]
+            else:
+                value = buf[start:pos]
+    return name, value
+
+
+def labels(buffer: bytes, spans: object) -> list[tuple[tuple[str, str], ...]]:
+    """The label sets of the series at ``spans`` (rows of four native uint32, any buffer:
+    a ``MetricBatch.series_spans`` array or part of it); see the module docstring."""
+    buf = bytes(buffer)
+    raw = memoryview(spans).tobytes()  # type: ignore[arg-type]
+    if len(raw) % 16:
+        raise ValueError("spans must be rows of four uint32")
+    out: list[tuple[tuple[str, str], ...]] = []
+    for i, (start, end, _, _) in enumerate(struct.iter_unpack("=4I", raw)):
+        if start > end or end > len(buf):
+            raise ValueError(f"span {i} ({start}, {end}) is outside the {len(buf)}-byte buffer")
+        found: list[tuple[bytes, bytes]] = []
+        try:
+            num, wt, pos, after = _field(buf, start, end)
+            if num != 1 or wt != 2 or after != end:
+                raise _Malformed
+            while pos < end:
+                num, wt, sub, pos = _field(buf, pos, end)
+                if num != 1:
+                    continue
+                if wt != 2:
+                    raise _Malformed
+                name, value = _label_fields(buf, sub, pos)
+                if value:
+                    found.append((name, value))
+        except _Malformed:
+            raise ValueError(f"span {i} is not one well-formed TimeSeries entry") from None
+        found.sort(key=lambda nv: nv[0])  # stable: a sorted series keeps its order
+        out.append(tuple(_pair(name, value) for name, value in found))
+    return out
+
+
+def label_cache_size() -> tuple[int, int]:
+    """(pairs, names) held by :func:`labels`' cache."""
+    return len(_pairs), len(_names)
+
+
+def label_cache_clear() -> None:
+    """Empty :func:`labels`' cache (tests, benchmarks)."""
+    _pairs.clear()
+    _names.clear()

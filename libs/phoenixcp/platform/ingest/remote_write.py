@@ -33,7 +33,7 @@ import cramjam
 import numpy as np
 import numpy.typing as npt
 
-from phoenixcp.core.batch import MetricBatch, SpanGather
+from phoenixcp.core.batch import LabelDecoder, MetricBatch, SpanGather
 from phoenixcp.core.series import LABEL_NAME_PATTERN, METRIC_NAME_PATTERN
 from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _wirescan_py
@@ -59,10 +59,12 @@ try:
 
     _scan: Scanner = _wirescan.scan
     _gather: SpanGather = _wirescan.gather
+    _labels: LabelDecoder = _wirescan.labels
     SCANNER = "c"
 except ImportError:  # the extension is not built: same contract, slower
     _scan = _wirescan_py.scan
     _gather = _wirescan_py.gather
+    _labels = _wirescan_py.labels
     SCANNER = "python"
 
 
@@ -217,7 +219,7 @@ def batch_from_scan(
     compressed: bytes | None = None,
 ) -> MetricBatch:
     """The batch of a ``WriteRequest`` that :func:`validate_write_request` accepted, with
-    this module's columns decoder and the fastest span gather built."""
+    this module's columns decoder and the fastest span gather and label reader built."""
     return MetricBatch(
         tenant=tenant,
         write_request=data,
@@ -231,4 +233,5 @@ def batch_from_scan(
         compressed=compressed,
         decoder=decode_columns,
         gather=_gather,
+        labeler=_labels,
     )
