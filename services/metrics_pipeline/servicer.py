@@ -46,7 +46,7 @@ from phoenixcp.api.phoenix.v1 import (
 )
 from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.durations import format_duration
-from phoenixcp.core.policy.dry_run import DryRunResult, dry_run
+from phoenixcp.core.policy.dry_run import DryRunResult, distinct_series, dry_run
 from phoenixcp.core.policy.engine import PolicyEngine
 from phoenixcp.core.policy.profiles import DEFAULT_PROFILE
 from phoenixcp.core.policy.window import SeriesSeen, TenantSnapshot
@@ -231,7 +231,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         window = await self._window(request.tenant, context)
         metrics = sorted((m for m in window.metrics
                           if pattern is None or pattern.fullmatch(m.name)),
-                         key=lambda m: (-len(m.series), m.name))
+                         key=lambda m: (-distinct_series(m), m.name))
         chosen, token = page(metrics, page_size=request.page_size,
                              page_token=request.page_token,
                              query=f"{request.tenant}\0{request.metric_name_regex}")

@@ -22,6 +22,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from prometheus_client import CollectorRegistry
 
 from phoenixcp.api.phoenix.v1 import common_pb2, pipeline_pb2, telemetry_pb2
+from phoenixcp.core.policy.dry_run import distinct_series
 from phoenixcp.core.policy.window import MetricSnapshot, PointTally, TenantSnapshot
 from phoenixcp.platform.pipeline_config import ExporterConfig
 
@@ -52,7 +53,7 @@ def time_window(start_ms: int, end_ms: int) -> common_pb2.TimeWindow:
 
 def _output_series(metric: MetricSnapshot, active_profile: str) -> int:
     outputs = metric.outputs.get(active_profile)
-    return len(metric.series) if outputs is None else int(outputs.size)
+    return distinct_series(metric) if outputs is None else int(outputs.size)
 
 
 def metric_stats(metric: MetricSnapshot, active_profile: str) -> pipeline_pb2.MetricStats:
@@ -61,7 +62,7 @@ def metric_stats(metric: MetricSnapshot, active_profile: str) -> pipeline_pb2.Me
         metric_name=metric.name,
         metric_type=common_pb2.MetricType.ValueType(metric.kind.value),
         last_window=point_counts(metric.counts),
-        input_series=len(metric.series),
+        input_series=distinct_series(metric),
         output_series=_output_series(metric, active_profile),
         policy_ids=sorted({t.policy_id for t in metric.policies}),
     )
@@ -74,7 +75,7 @@ def tenant_stats(tenant: str, *, active_profile: str, total: telemetry_pb2.Point
     if window is not None:
         out.last_window.CopyFrom(point_counts(window.counts))
         out.last_window_range.CopyFrom(time_window(window.start_ms, window.end_ms))
-        out.input_series = sum(len(m.series) for m in window.metrics)
+        out.input_series = sum(distinct_series(m) for m in window.metrics)
         out.output_series = sum(_output_series(m, window.active_profile)
                                 for m in window.metrics)
     return out

@@ -304,9 +304,9 @@ async def until_window(api: pipeline_pb2_grpc.PipelineServiceAsyncStub,
     while True:
         try:
             reply = await api.DryRunPolicy(request)
-            if reply.series_before_sample == before:
+            if reply.estimated_series_before == before:
                 return reply
-            last = f"{reply.series_before_sample} series before"
+            last = f"{reply.estimated_series_before} series before"
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
@@ -336,9 +336,13 @@ async def test_dry_run_of_a_user_id_bomb(
         metrics = await api.ListMetricStats(pipeline_pb2.ListMetricStatsRequest(
             tenant=tenant, page_size=1))
 
-    assert (merged.matched_series_sample, merged.series_after_sample) == (600, 2)
-    assert (merged.estimated_series_before, merged.estimated_series_after) == (600.0, 2.0)
-    assert [g.sampled_inputs for g in merged.merged_groups] == [300, 300]
+    # Counts are over the window's sample of series (all of them when few), estimates
+    # for all 600: two output series, one per job.
+    sampled = merged.series_before_sample
+    assert 0 < sampled <= 600 and merged.matched_series_sample == sampled
+    assert (merged.series_after_sample, merged.estimated_series_after) == (2, 2.0)
+    assert len(merged.merged_groups) == 2
+    assert sum(g.sampled_inputs for g in merged.merged_groups) == sampled
     group = merged.merged_groups[0]
     assert group.metric_name == BOMB
     assert {label.name for label in group.output_labels} == {"job", "phoenix_replica"}
@@ -346,9 +350,10 @@ async def test_dry_run_of_a_user_id_bomb(
     assert merged.replica.replica_id == "metrics-pipeline-0"
     assert merged.window.end_time.ToDatetime() > merged.window.start_time.ToDatetime()
 
-    assert (capped.series_before_sample, capped.series_after_sample) == (600, 101)
-    assert capped.overflowed_series_sample == 500
-    assert capped.merged_groups[0].sampled_inputs == 500
+    kept = capped.series_after_sample - 1  # the rest share one overflow series
+    assert capped.overflowed_series_sample == capped.series_before_sample - kept
+    assert capped.merged_groups[0].sampled_inputs == capped.overflowed_series_sample
+    assert 100 <= capped.estimated_series_after <= 103  # 100 kept + overflow (rounding)
     assert {(label.name, label.value) for label in capped.merged_groups[0].output_labels} >= {
         ("otel_metric_overflow", "true")}
 

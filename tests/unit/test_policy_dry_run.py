@@ -147,12 +147,30 @@ def test_critical_series_are_reported_as_exempt() -> None:
     assert result.warnings == ("5 matched series are CRITICAL and are never changed",)
 
 
-def test_a_large_metric_is_sampled_and_scaled() -> None:
+def test_a_large_metric_is_sampled_and_merges_are_estimated() -> None:
     result = dry_run(spec(Aggregate(without=("user_id",))), window(bomb(1000)), replica="r",
                      sample_limit=100)
     assert (result.before, result.after) == (100, 2)
-    assert (result.estimated_before, result.estimated_after) == (1000.0, 20.0)
-    assert "sampled" in result.warnings[0] and f"{BOMB} (100 of 1000)" in result.warnings[0]
+    # Groups that several sampled series merge into count once, not once per sampling rate.
+    assert (result.estimated_before, result.estimated_after) == (1000.0, 2.0)
+    assert result.warnings == ("counted over a sample and estimated for all series (caps and "
+                               f"top-K scaled to the sample): {BOMB} (100 of 1000)",)
+
+
+def test_a_sampled_cap_is_scaled_to_the_sample() -> None:
+    result = dry_run(spec(Cap(max_series=100)), window(bomb(1000), quiet()), replica="r",
+                     sample_limit=100)
+    # 10% of the series are routed, so 10% of the cap: 10 kept, 90 into the overflow series.
+    assert (result.before, result.after, result.overflowed_count) == (100, 11, 90)
+    assert (result.estimated_before, result.estimated_after) == (1000.0, 101.0)
+
+
+def test_a_sampled_drop_and_top_k_scale_linearly_and_per_metric() -> None:
+    dropped = dry_run(spec(Drop()), window(bomb(1000)), replica="r", sample_limit=250)
+    assert (dropped.dropped_count, dropped.estimated_after) == (250, 0.0)
+    top = dry_run(spec(TopK(k=20)), window(bomb(1000)), replica="r", sample_limit=250)
+    assert (top.before, top.after) == (250, 6)  # k scaled to 5, plus `other`
+    assert top.estimated_after == 21.0
 
 
 def test_bounds_are_checked() -> None:

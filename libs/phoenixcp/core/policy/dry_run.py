@@ -1,24 +1,28 @@
 """What a candidate policy would do to a tenant's traffic, computed from the last window.
 
-:func:`dry_run` routes the distinct input series of one closed window
+:func:`dry_run` routes the input series of one closed window
 (:class:`~phoenixcp.core.policy.window.TenantSnapshot`) through a fresh
 ``Plan([candidate])`` and counts the outcome: the series of the metrics it touches before
 and after, the output series formed by merging several inputs, and the series it would drop
 or push into an overflow or ``other`` series. The candidate is evaluated as if enforced (a
 ``dry_run``-mode policy would otherwise change nothing; the answer says so).
 
-The window holds every distinct series the replica saw, so normally the "sample" is the whole
-window. A metric with more than ``sample_limit`` series is sampled (bottom-k by series key,
-the same uniform sample on every replica) to bound the work, and its counts are scaled up
-linearly into the estimates; that is exact for drops and 1:1 routes and rough for caps and
-merges, and a warning says so.
+**Samples and estimates.** A metric's ``series`` may be a sample of its distinct series (a
+bottom-k by series key, uniform and the same on every replica), and at most ``sample_limit``
+of them are routed, to bound the work. Counts are over the series routed; the estimates
+scale them to all of the metric's distinct series: series that stay as they are and groups
+seen once scale with the sampling rate, a group that several sampled series merge into
+counts once, and so does an overflow or ``other`` series. A cap's ``max_series`` and a
+top-K's ``k`` are scaled to the sampling rate before routing, so the kept share of the
+sample is the kept share of the whole (a per-tenant cap uses the tenant's overall rate).
+With every series present (rate 1) the estimates equal the counts.
 
 Series are routed heaviest first (most points in the window, then by key), so a cap admits
 and a top-K keeps the busiest series, as a ranking over time would; the engine itself admits
 first come, first served, so *which* series a cap keeps may differ, never how many.
 
-Pure and thread-safe (the snapshot is immutable and the plan is private to the call), so an
-API server may run it in a worker thread.
+Pure and thread-safe (the snapshot is immutable and the plans are private to the call), so
+an API server may run it in a worker thread.
 """
 
 from __future__ import annotations
@@ -31,15 +35,23 @@ from datetime import UTC, datetime
 import numpy as np
 
 from phoenixcp.core.batch import LabelSet
-from phoenixcp.core.policy.model import PolicyMode, PolicySpec, PriorityClass
+from phoenixcp.core.policy.model import (
+    Cap,
+    CapScope,
+    PolicyMode,
+    PolicySpec,
+    PriorityClass,
+    TopK,
+)
 from phoenixcp.core.policy.plan import Code, Plan, Route
 from phoenixcp.core.policy.window import MetricSnapshot, SeriesSeen, TenantSnapshot
 from phoenixcp.core.sketches import bottom_k_indices
 
-__all__ = ["DEFAULT_SAMPLE_LIMIT", "DryRunResult", "MergedGroup", "dry_run"]
+__all__ = ["DEFAULT_SAMPLE_LIMIT", "DryRunResult", "MergedGroup", "distinct_series", "dry_run"]
 
 DEFAULT_SAMPLE_LIMIT = 20_000
 """Series per metric routed at most; beyond it the metric is sampled."""
+_LISTED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +138,12 @@ def dry_run(candidate: PolicySpec, window: TenantSnapshot, *, replica: str,
         candidate = dataclasses.replace(candidate, mode=PolicyMode.ENFORCE)
     if candidate.expired(datetime.fromtimestamp(window.end_ms / 1000, tz=UTC)):
         warnings.append("the policy's expire_time has passed: it would apply to nothing")
-    plan = Plan([candidate], replica=replica)
+    samples = [(m, _sample(m.series, sample_limit)) for m in window.metrics]
+    plans = _Plans(candidate, replica, samples)
     tally = _Tally()
-    for metric in window.metrics:
-        _route_metric(plan, candidate.id, metric, window.end_ms, tally,
-                      examples_per_group, sample_limit)
+    for metric, chosen in samples:
+        _route_metric(plans.for_metric(metric, chosen), candidate.id, metric, chosen,
+                      window.end_ms, tally, examples_per_group)
     warnings.extend(_warnings(tally, window))
     groups = sorted((g for g in tally.groups.values() if g.inputs > 1),
                     key=lambda g: (-g.inputs, g.metric, g.labels))
@@ -145,6 +158,13 @@ def dry_run(candidate: PolicySpec, window: TenantSnapshot, *, replica: str,
         overflowed_count=tally.overflowed, warnings=tuple(warnings))
 
 
+def distinct_series(metric: MetricSnapshot) -> int:
+    """How many distinct input series the metric had in the window: every key when the
+    snapshot lists them apart from a sample (``input_keys``), else ``len(series)``."""
+    keys = getattr(metric, "input_keys", None)
+    return max(len(keys) if keys is not None else 0, len(metric.series))
+
+
 def _sample(series: Sequence[SeriesSeen], limit: int) -> Sequence[SeriesSeen]:
     if len(series) <= limit:
         return series
@@ -152,15 +172,50 @@ def _sample(series: Sequence[SeriesSeen], limit: int) -> Sequence[SeriesSeen]:
     return [series[i] for i in bottom_k_indices(keys, limit).tolist()]
 
 
-def _route_metric(plan: Plan, policy_id: str, metric: MetricSnapshot, now_ms: int,
-                  tally: _Tally, per_group: int, limit: int) -> None:
-    chosen = _sample(metric.series, limit)
+class _Plans:
+    """The plans to route with: the candidate, its cap or top-K limit scaled to the sampling
+    rate (per metric, or the tenant's overall rate for a per-tenant cap); one per limit."""
+
+    def __init__(self, candidate: PolicySpec, replica: str,
+                 samples: Sequence[tuple[MetricSnapshot, Sequence[SeriesSeen]]]) -> None:
+        self._candidate = candidate
+        self._replica = replica
+        self._plans: dict[int, Plan] = {}
+        action = candidate.action
+        total = sum(distinct_series(m) for m, _ in samples)
+        self._tenant_rate = (sum(len(c) for _, c in samples) / total) if total else 1.0
+        self._per_tenant = isinstance(action, Cap) and action.scope is CapScope.PER_TENANT
+
+    def for_metric(self, metric: MetricSnapshot, chosen: Sequence[SeriesSeen]) -> Plan:
+        total = distinct_series(metric)
+        rate = self._tenant_rate if self._per_tenant else (len(chosen) / total if total else 1)
+        policy = self._candidate
+        match policy.action:
+            case Cap() as cap:
+                limit = max(1, round(cap.max_series * rate))
+                policy = dataclasses.replace(
+                    policy, action=dataclasses.replace(cap, max_series=limit))
+            case TopK() as top_k:
+                limit = max(1, round(top_k.k * rate))
+                policy = dataclasses.replace(policy, action=dataclasses.replace(top_k, k=limit))
+            case _:
+                limit = 0
+        plan = self._plans.get(limit)
+        if plan is None:
+            plan = self._plans[limit] = Plan([policy], replica=self._replica)
+        return plan
+
+
+def _route_metric(plan: Plan, policy_id: str, metric: MetricSnapshot,
+                  chosen: Sequence[SeriesSeen], now_ms: int, tally: _Tally,
+                  per_group: int) -> None:
     ordered = sorted(chosen, key=lambda s: (-s.points, s.key))
     routed = [(seen, plan.route(seen.labels, metric.kind, now_ms)) for seen in ordered]
     matched = sum(1 for _, route in routed if _matches(route, policy_id))
     if not matched:
         return
-    outputs: set[int] = set()
+    kept = 0
+    groups: dict[int, _Group] = {}
     for seen, route in routed:
         if route.priority is PriorityClass.CRITICAL and _matches(route, policy_id):
             tally.critical += 1
@@ -168,27 +223,28 @@ def _route_metric(plan: Plan, policy_id: str, metric: MetricSnapshot, now_ms: in
             tally.dropped += 1
             tally.dropped_series.append(seen)
         elif route.code is Code.MERGE:
-            outputs.add(route.group_key)
             other = route.overflow or route.topk is not None
             if other:
                 tally.overflowed += 1
-            group = tally.groups.get((metric.name, route.group_key))
+            group = groups.get(route.group_key)
             if group is None:
-                group = tally.groups[(metric.name, route.group_key)] = _Group(
-                    metric.name, route.group, other)
+                group = groups[route.group_key] = _Group(metric.name, route.group, other)
             group.inputs += 1
             if len(group.examples) < per_group:
                 group.examples.append(seen)
         else:
-            outputs.add(seen.key)
-    scale = len(metric.series) / len(chosen)
-    if len(chosen) < len(metric.series):
-        tally.sampled_metrics.append(f"{metric.name} ({len(chosen)} of {len(metric.series)})")
+            kept += 1
+    total = distinct_series(metric)
+    scale = total / len(chosen)
+    if scale > 1:
+        tally.sampled_metrics.append(f"{metric.name} ({len(chosen)} of {total})")
     tally.matched += matched
     tally.before += len(chosen)
-    tally.after += len(outputs)
-    tally.estimated_before += len(metric.series)
-    tally.estimated_after += len(outputs) * scale
+    tally.after += kept + len(groups)
+    tally.estimated_before += total
+    tally.estimated_after += kept * scale + sum(
+        1 if g.overflow or g.inputs > 1 else scale for g in groups.values())
+    tally.groups.update(((metric.name, k), g) for k, g in groups.items())
 
 
 def _matches(route: Route, policy_id: str) -> bool:
@@ -198,13 +254,15 @@ def _matches(route: Route, policy_id: str) -> bool:
 def _warnings(tally: _Tally, window: TenantSnapshot) -> list[str]:
     out: list[str] = []
     if not tally.matched:
-        total = sum(len(m.series) for m in window.metrics)
+        total = sum(distinct_series(m) for m in window.metrics)
         out.append(f"the policy matches no series in the last window ({total} series of "
                    f"{len(window.metrics)} metrics)")
     if tally.critical:
         out.append(f"{tally.critical} matched series are CRITICAL and are never changed")
     if tally.sampled_metrics:
-        out.append("sampled, and scaled linearly into the estimates (rough for caps and "
-                   "merges): " + ", ".join(tally.sampled_metrics))
+        listed = tally.sampled_metrics[:_LISTED]
+        more = len(tally.sampled_metrics) - len(listed)
+        out.append("counted over a sample and estimated for all series (caps and top-K "
+                   "scaled to the sample): " + ", ".join(listed)
+                   + (f" and {more} more metrics" if more else ""))
     return out
-
