@@ -36,10 +36,12 @@ def test_window_points_equal_what_was_fed_per_key(batches: list[list[tuple[int, 
         feed(index, [k for k, _ in batch], [n for _, n in batch])
         for k, n in batch:
             want[k] = want.get(k, 0) + n
-    keys, points, _, gone = index.close_window(0, keep_windows=2)
+    pos = index.window()
+    keys, points = index.keys[pos], index.points[pos]
     assert dict(zip(keys.tolist(), points.tolist(), strict=True)) == want
-    assert len(gone) == 0
     assert list(keys) == sorted(keys)
+    assert len(index.end_window(0, keep_windows=2)) == 0
+    assert not index.window().size  # a new window starts empty
 
 
 def test_routes_survive_settling_and_are_cleared_on_demand() -> None:
@@ -59,10 +61,8 @@ def test_routes_survive_settling_and_are_cleared_on_demand() -> None:
 def test_silent_series_are_forgotten_after_the_kept_windows() -> None:
     index = SeriesIndex()
     feed(index, [1, 2], [1, 1])
-    index.close_window(0, keep_windows=2)
+    index.end_window(0, keep_windows=2)
     feed(index, [1], [1])
-    _, _, _, gone = index.close_window(1, keep_windows=2)
-    assert gone.tolist() == []
-    _, _, _, gone = index.close_window(2, keep_windows=2)
-    assert gone.tolist() == [2]
+    assert index.end_window(1, keep_windows=2).tolist() == []
+    assert index.end_window(2, keep_windows=2).tolist() == [2]
     assert index.find(np.asarray([1, 2], dtype=np.uint64)).pos.tolist()[1] == -1

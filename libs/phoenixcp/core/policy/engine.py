@@ -119,7 +119,8 @@ class _Tenant:
     table: RouteTable = field(default_factory=RouteTable)
     catalog: dict[int, LabelSet] = field(default_factory=dict)
     kinds: dict[str, MetricType] = field(default_factory=dict)
-    shadows: dict[str, tuple[Plan, dict[int, int]]] = field(default_factory=dict)
+    shadows: dict[str, Plan] = field(default_factory=dict)
+    """Every other profile's plan, routed for shadow accounting only (never exported)."""
     last: TenantSnapshot | None = None
     watched: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Last (timestamp, value) of series a top-K keeps, to hand over if it is demoted."""
@@ -146,22 +147,6 @@ def _subset(batch: MetricBatch, index: npt.NDArray[np.intp]) -> MetricBatch:
     return batch.subset(index)
 
 
-_interned: dict[tuple[str, str], tuple[str, str]] = {}
-
-
-def _label_sets(batch: MetricBatch, index: npt.NDArray[np.intp]) -> list[LabelSet]:
-    """The sorted label sets of the chosen series, label pairs shared between series."""
-    fast = getattr(batch, "label_sets", None)
-    if fast is not None:
-        return list(fast(index))
-    if len(_interned) > 262_144:
-        _interned.clear()
-    out = []
-    for labels in _subset(batch, index).columns().label_sets:
-        out.append(tuple(_interned.setdefault(pair, pair) for pair in sorted(labels)))
-    return out
-
-
 _PASS = Route(Code.PASS, "")
 
 
@@ -175,7 +160,7 @@ class PolicyEngine:
     def __init__(self, *, replica_id: str, clock_ms: Callable[[], int] | None = None,
                  merge_config: MergeConfig | None = None,
                  default_flush: timedelta = DEFAULT_FLUSH,
-                 shadow_budget: int = 50_000) -> None:
+                 shadow_budget: int = 5_000) -> None:
         self.replica_id = replica_id
         self._default_flush = default_flush
         self._shadow_budget = shadow_budget
@@ -228,22 +213,22 @@ class PolicyEngine:
         tenant.shadows = self._shadow_plans(tenant, profile, tenant.shadows)
 
     def _shadow_plans(self, tenant: _Tenant, active: str,
-                      old: dict[str, tuple[Plan, dict[int, int]]]
-                      ) -> dict[str, tuple[Plan, dict[int, int]]]:
+                      old: dict[str, Plan]) -> dict[str, Plan]:
+        """Plans of the other profiles; one whose policies did not change keeps its state
+        (and its routed series, in the index column named after it)."""
         if self._source is None:
             return {}
         own = [p for p in self._policies(tenant.name)[1]
                if p not in self._source.profile_for(tenant.name).policies]
-        out: dict[str, tuple[Plan, dict[int, int]]] = {}
+        out: dict[str, Plan] = {}
         for name, profile in self._source.profiles.items():
             if name == active:
                 continue
             plan = self._plan(tuple(profile.policies) + tuple(own))
             previous = old.get(name)
-            if previous is not None and previous[0].signature == plan.signature:
-                out[name] = previous
-            else:
-                out[name] = (plan, {})
+            out[name] = previous if (previous is not None
+                                     and previous.signature == plan.signature) else plan
+        tenant.index.drop_columns({n for n, p in out.items() if old.get(n) is p})
         return out
 
     def _tenant(self, name: str, now_ms: int) -> _Tenant:
@@ -321,7 +306,7 @@ class PolicyEngine:
         if len(new):
             new_keys = batch.series_keys[new].tolist()
             catalog = tenant.catalog
-            for key, labels in zip(new_keys, _label_sets(batch, new), strict=True):
+            for key, labels in zip(new_keys, batch.label_sets(new), strict=True):
                 catalog[key] = labels
             look.side[new] = index.add(new_keys)
             if index.settle():
@@ -479,31 +464,30 @@ class PolicyEngine:
     def _snapshot(self, tenant: _Tenant, now_ms: int, replica_count: int) -> TenantSnapshot:
         window = tenant.window
         tenant.window = _Window(now_ms, window.number + 1)
-        keys, points, ids, gone = tenant.index.close_window(window.number, _KEEP_WINDOWS)
+        index = tenant.index
+        pos = index.window()
+        keys, points, ids = index.keys[pos], index.points[pos], index.route[pos]
         plan, table = tenant.plan, tenant.table
-        routes: list[Route] = []
-        for key, route_id in zip(keys.tolist(), ids.tolist(), strict=True):
-            if plan.empty:
-                routes.append(_PASS)
-                continue
-            if route_id < 0:
-                route = self._route(tenant, key, now_ms)
-            else:
-                route = table.routes[route_id]
-                plan.touch(route, key, now_ms)
-            routes.append(route)
-        builder = SnapshotBuilder(active=tenant.profile, shadows=tenant.shadows,
+        if not plan.empty:
+            for i in np.flatnonzero(ids < 0).tolist():  # seen, but not since a plan change
+                key = int(keys[i])
+                if key in tenant.catalog:
+                    ids[i] = index.route[pos[i]] = table.id(self._route(tenant, key, now_ms))
+            for i, route_id in enumerate(ids.tolist()):
+                if route_id >= 0:
+                    plan.touch(table.routes[route_id], int(keys[i]), now_ms)
+            ids = np.maximum(ids, 0)
+        shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
+        builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
                                   kind=tenant.kind, last_values=window.last_values,
                                   now_ms=now_ms, shadow_budget=self._shadow_budget)
-        metrics = builder.build(keys.tolist(), points.tolist(), routes, tenant.catalog,
-                                now_ms - window.start_ms)
+        metrics = builder.build(keys, points, ids, table.routes if not plan.empty else [],
+                                tenant.catalog, now_ms - window.start_ms)
+        gone = index.end_window(window.number, _KEEP_WINDOWS)
         if not plan.empty and plan.expire_caps(now_ms):
-            tenant.index.clear_routes()
-        if len(gone):
-            for key in gone.tolist():
-                tenant.catalog.pop(key, None)
-                for _, cache in tenant.shadows.values():
-                    cache.pop(key, None)
+            index.clear_routes()
+        for key in gone.tolist():
+            tenant.catalog.pop(key, None)
         if len(tenant.table) > 2 * len(tenant.index) + 1024:
             tenant.index.route = tenant.table.compact(tenant.index.route)[tenant.index.route]
         return TenantSnapshot(

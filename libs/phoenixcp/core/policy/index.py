@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Lookup", "SeriesIndex"]
+__all__ = ["UNKNOWN", "Lookup", "SeriesIndex"]
 
 _U64 = np.uint64
+UNKNOWN = np.uint64(2**64 - 1)
+"""An unset value in :attr:`SeriesIndex.columns`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class SeriesIndex:
     side_slot: dict[int, int] = field(default_factory=dict)
     side_route: list[int] = field(default_factory=list)
     side_points: list[int] = field(default_factory=list)
+    columns: dict[str, npt.NDArray[np.uint64]] = field(default_factory=dict)
+    """Extra per-series values aligned with ``keys`` (shadow profiles' output keys);
+    ``UNKNOWN`` until set."""
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.side_keys)
@@ -117,6 +122,9 @@ class SeriesIndex:
             [self.points, np.asarray(self.side_points, dtype=np.int64)])[order]
         self.seen = np.concatenate(
             [self.seen, np.full(len(self.side_keys), -1, dtype=np.int32)])[order]
+        for name, column in self.columns.items():
+            self.columns[name] = np.concatenate(
+                [column, np.full(len(self.side_keys), UNKNOWN, dtype=_U64)])[order]
         self.side_keys, self.side_slot, self.side_route, self.side_points = [], {}, [], []
         return True
 
@@ -130,16 +138,27 @@ class SeriesIndex:
         wanted = set(ids.tolist())
         self.side_route = [-1 if r in wanted else r for r in self.side_route]
 
-    def close_window(self, window: int, keep_windows: int
-                     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64],
-                                npt.NDArray[np.int32], npt.NDArray[np.uint64]]:
-        """End a window: ``(keys seen, their points, their route ids, keys forgotten)``.
+    def column(self, name: str) -> npt.NDArray[np.uint64]:
+        """The extra column ``name`` (created all UNKNOWN); call after :meth:`settle`."""
+        found = self.columns.get(name)
+        if found is None or len(found) != len(self.keys):
+            found = self.columns[name] = np.full(len(self.keys), UNKNOWN, dtype=_U64)
+        return found
 
-        Series silent for ``keep_windows`` windows are forgotten (bounded memory)."""
+    def drop_columns(self, keep: set[str]) -> None:
+        for name in [n for n in self.columns if n not in keep]:
+            del self.columns[name]
+
+    def window(self) -> npt.NDArray[np.intp]:
+        """Positions of the series that sent points in the current window (settles first)."""
         self.settle(force=True)
-        active = self.points > 0
-        self.seen[active] = window
-        keys, points, routes = self.keys[active], self.points[active], self.route[active]
+        return np.flatnonzero(self.points > 0)
+
+    def end_window(self, window: int, keep_windows: int) -> npt.NDArray[np.uint64]:
+        """Start the next window; forget series silent for ``keep_windows`` windows (bounded
+        memory). Returns the forgotten keys."""
+        self.settle(force=True)
+        self.seen[self.points > 0] = window
         self.points = np.zeros(len(self.keys), dtype=np.int64)
         stale = self.seen < window - keep_windows + 1
         gone = self.keys[stale]
@@ -147,4 +166,6 @@ class SeriesIndex:
             keep = ~stale
             self.keys, self.route = self.keys[keep], self.route[keep]
             self.points, self.seen = self.points[keep], self.seen[keep]
-        return keys, points, routes, gone
+            for name, column in self.columns.items():
+                self.columns[name] = column[keep]
+        return gone

@@ -33,6 +33,7 @@ from phoenixcp.core.policy.model import (
     CapScope,
     Classify,
     Drop,
+    LabelMatcher,
     MetricKind,
     PolicySpec,
     PriorityClass,
@@ -148,6 +149,18 @@ def _identity(labels: Mapping[str, str]) -> int:
                       if n not in _KEEP_UNDER_OVERFLOW and n != REPLICA_LABEL)
 
 
+def _rules_for(policy: PolicySpec, name: str
+               ) -> list[tuple[PriorityClass, tuple[LabelMatcher, ...]]]:
+    assert isinstance(policy.action, Classify)
+    out = []
+    for rule in policy.action.rules:
+        on_name = [m for m in rule.matchers if m.name == METRIC_NAME_LABEL]
+        if all(m.matches(name) for m in on_name):
+            out.append((rule.priority_class,
+                        tuple(m for m in rule.matchers if m.name != METRIC_NAME_LABEL)))
+    return out
+
+
 def _shareable(route: Route) -> bool:
     return all(i is None for _, _, i in route.caps) and (
         route.topk is None or route.topk[2] is None)
@@ -181,6 +194,10 @@ class _Compiled:
     type conditions hold (the label conditions are checked per series)."""
 
     classify: list[PolicySpec] = field(default_factory=list)
+    rules: list[list[tuple[PriorityClass, tuple[LabelMatcher, ...]]]] = field(
+        default_factory=list)
+    """Per classify policy (same order), its rules left for this name: rules whose
+    ``__name__`` conditions fail are gone, those conditions removed from the others."""
     drop: list[PolicySpec] = field(default_factory=list)
     aggregate: list[tuple[PolicySpec, LabelReduction]] = field(default_factory=list)
     top_k: list[tuple[int, _TopKState]] = field(default_factory=list)
@@ -260,8 +277,10 @@ class Plan:
                 sel = p.match
                 return (sel.kind is MetricKind.ANY or sel.kind is kind) and sel.matches_name(name)
             c = self._c
+            classify = [p for p in c.classify if ok(p)]
             found = _Compiled(
-                classify=[p for p in c.classify if ok(p)],
+                classify=classify,
+                rules=[_rules_for(p, name) for p in classify],
                 drop=[p for p in c.drop if ok(p)],
                 aggregate=[(p, r) for p, r in c.aggregate if ok(p)],
                 top_k=[(i, t) for i, t in c.top_k if ok(t.policy)],
@@ -344,8 +363,9 @@ class Plan:
                 continue
             assert isinstance(p.action, Aggregate)
             reduced = dict(reduction.apply(tuple(current.items())))
-            tallies.append((p.id, not p.enforced, reduced != current))
-            if p.enforced and out is None:
+            changes = reduced != {n: v for n, v in current.items() if v}
+            tallies.append((p.id, not p.enforced, changes))
+            if p.enforced and out is None and changes:
                 out = reduced
                 current = out
                 target = MergeSpec(p.fingerprint, p.id, p.action.gauge_function,
@@ -416,11 +436,13 @@ class Plan:
         priority = PriorityClass.MEDIUM
         decided = False
         rollup: tuple[PolicySpec, PriorityRollup] | None = None
-        for p in c.classify:
+        for p, rules in zip(c.classify, c.rules, strict=True):
             if not p.match.matches_labels(d):
                 continue
             assert isinstance(p.action, Classify)
-            found = p.action.classify(d)
+            found = next((cls for cls, matchers in rules
+                          if all(m.matches(d.get(m.name, "")) for m in matchers)),
+                         p.action.default_class)
             roll = next((r for r in p.action.rollups if r.priority_class is found), None)
             tallies.append((p.id, not p.enforced, roll is not None))
             if p.enforced and not decided:

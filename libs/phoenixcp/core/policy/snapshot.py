@@ -1,11 +1,15 @@
 """Turn one tenant's closed window into per-metric snapshots, active and shadow profiles.
 
-Per distinct series of the window (not per point): its labels, points and route under the
-active plan; the output series it fed; and, for every other profile (shadow accounting), the
-output series it *would* have fed. Shadow routes are cached per series; at most
-``shadow_budget`` new series per profile are routed per window, so a series bomb cannot turn
-the window close into seconds of work — the shadow figures then cover the series routed so
-far (the cache fills over the next windows), and the snapshot says how many were left out.
+The work is per distinct series of the window, on arrays: series are grouped by metric with
+one sort, counts come from ``bincount`` over route codes, each profile's output keys from its
+routes. Python touches each series once (to find its metric and label pairs) and builds
+objects only for the sample (the ``sample_k`` smallest keys per metric).
+
+Shadow routes (what every other profile would have done) are kept per series in the index
+(a ``uint64`` column per profile: 8 bytes per series); at most ``shadow_budget`` new series
+per profile are routed per window, so a series bomb cannot turn the window close into
+seconds of work — the shadow figures then cover the series routed so far, the rest fill in
+over the next windows, and :attr:`SnapshotBuilder.unrouted` says how many were left out.
 """
 
 from __future__ import annotations
@@ -14,121 +18,166 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from phoenixcp.core.batch import LabelSet
-from phoenixcp.core.policy.model import MetricKind
+from phoenixcp.core.policy.model import MetricKind, PriorityClass
 from phoenixcp.core.policy.plan import Code, Plan, Route
 from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally, SeriesSeen
-from phoenixcp.core.series import METRIC_NAME_LABEL
 
 __all__ = ["SnapshotBuilder"]
 
-_SAME = 0
-"""Shadow output code: the series passes unchanged (its output key is its input key)."""
-_DROPPED = 1
+_DROPPED = np.uint64(1)
+_SAME = np.uint64(0)
+_UNKNOWN = np.uint64(2**64 - 1)
 _FLUSH_MS = 15_000
-
-
-class _Metric:
-    __slots__ = ("counts", "groups", "outputs", "points_out", "series", "tallies")
-
-    def __init__(self) -> None:
-        self.series: list[SeriesSeen] = []
-        self.counts = PointTally()
-        self.tallies: dict[str, PolicyTally] = {}
-        self.outputs: dict[str, set[int]] = {}
-        self.groups: dict[str, set[int]] = {}
-        self.points_out: dict[str, int] = {}
-
-    def output(self, profile: str, key: int, points: int, merged: bool) -> None:
-        self.outputs.setdefault(profile, set()).add(key)
-        if merged:
-            self.groups.setdefault(profile, set()).add(key)
-        else:
-            self.points_out[profile] = self.points_out.get(profile, 0) + points
 
 
 class SnapshotBuilder:
     """Builds the :class:`MetricSnapshot` values of one tenant's window."""
 
-    def __init__(self, *, active: str, shadows: Mapping[str, tuple[Plan, dict[int, int]]],
-                 kind: Callable[[str], MetricKind], last_values: Mapping[int, float],
-                 now_ms: int, shadow_budget: int) -> None:
+    def __init__(self, *, active: str,
+                 shadows: Mapping[str, tuple[Plan, npt.NDArray[np.uint64]]],
+                 positions: npt.NDArray[np.intp], kind: Callable[[str], MetricKind],
+                 last_values: Mapping[int, float], now_ms: int, shadow_budget: int,
+                 sample_k: int = 256) -> None:
         self._active = active
         self._shadows = shadows
+        self._positions = positions
         self._kind = kind
         self._last = last_values
         self._now_ms = now_ms
         self._budget = shadow_budget
+        self._k = sample_k
         self.unrouted = 0
         """Series left out of shadow accounting in this window (over the budget)."""
 
-    def build(self, keys: Sequence[int], points: Sequence[int], routes: Sequence[Route],
+    def build(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64],
+              route_ids: npt.NDArray[np.int32], routes: Sequence[Route],
               catalog: Mapping[int, LabelSet], window_ms: int) -> tuple[MetricSnapshot, ...]:
-        metrics: dict[str, _Metric] = {}
-        budget = {name: self._budget for name in self._shadows}
-        nan = math.nan
-        for key, n, route in zip(keys, points, routes, strict=True):
-            labels = catalog.get(key)
-            if labels is None:
-                continue
-            name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
-            m = metrics.get(name)
-            if m is None:
-                m = metrics[name] = _Metric()
-            m.series.append(SeriesSeen(key, labels, n, self._last.get(key, nan), route.priority))
-            self._count(m, route, n)
-            if route.code is Code.MERGE:
-                m.output(self._active, route.group_key, n, True)
-            elif route.code is not Code.DROP:
-                m.output(self._active, key, n, False)
-            for profile, (plan, cache) in self._shadows.items():
-                code = cache.get(key)
-                if code is None:
-                    if budget[profile] <= 0:
-                        self.unrouted += 1
-                        continue
-                    budget[profile] -= 1
-                    r = plan.route(labels, self._kind(name), self._now_ms, key)
-                    code = (r.group_key if r.code is Code.MERGE else
-                            _DROPPED if r.code is Code.DROP else _SAME)
-                    cache[key] = code
-                if code == _SAME:
-                    m.output(profile, key, n, False)
-                elif code != _DROPPED:
-                    m.output(profile, code, n, True)
+        """``keys`` ascending with their window ``points`` and ``route_ids`` into ``routes``
+        (every id valid)."""
+        key_list = keys.tolist()
+        labels = [catalog.get(k) for k in key_list]
+        metric_of: dict[str, int] = {}
+        mids = np.fromiter(
+            (metric_of.setdefault(lb[0][1] if lb else "", len(metric_of)) for lb in labels),
+            dtype=np.int64, count=len(labels))
+        names = list(metric_of)
+        known = np.fromiter((lb is not None for lb in labels), dtype=bool, count=len(labels))
+        code = np.fromiter((r.code for r in routes), dtype=np.int8, count=len(routes))
+        over = np.fromiter((r.overflow for r in routes), dtype=bool, count=len(routes))
+        group = np.fromiter((r.group_key for r in routes), dtype=np.uint64, count=len(routes))
+        c = code[route_ids] if len(routes) else np.zeros(len(keys), dtype=np.int8)
+        merged = (c == Code.MERGE) & known
+        dropped = (c == Code.DROP) & known
+        n_metrics = len(names)
+
+        def per_metric(mask: npt.NDArray[np.bool_]) -> list[int]:
+            counts = np.bincount(mids[mask], weights=points[mask], minlength=n_metrics)
+            return [int(x) for x in counts]
+
+        received = per_metric(known)
+        dropped_n = per_metric(dropped)
+        overflow_mask = merged & over[route_ids] if len(routes) else merged
+        overflowed_n = per_metric(overflow_mask)
+        merged_n = per_metric(merged & ~overflow_mask)
+
+        outputs: dict[str, npt.NDArray[np.uint64]] = {}
+        passing: dict[str, npt.NDArray[np.bool_]] = {}
+        active_out = np.where(merged, group[route_ids] if len(routes) else keys, keys)
+        outputs[self._active] = active_out
+        passing[self._active] = known & ~merged & ~dropped
+        live = {self._active: known & ~dropped}
+        for profile, (plan, column) in self._shadows.items():
+            codes = self._shadow_codes(plan, column, key_list, labels)
+            outputs[profile] = np.where(codes == _SAME, keys, codes)
+            passing[profile] = known & (codes == _SAME)
+            live[profile] = known & (codes != _DROPPED) & (codes != _UNKNOWN)
+
+        order = np.argsort(mids, kind="stable")  # keys stay ascending within a metric
+        bounds = np.searchsorted(mids[order], np.arange(n_metrics + 1))
+        tallies = self._tallies(mids, route_ids, points, routes, known)
         flushes = max(1, window_ms // _FLUSH_MS)
         out = []
-        for name, m in sorted(metrics.items()):
-            kind = self._kind(name)
+        for m, name in enumerate(names):
+            idx = order[bounds[m]:bounds[m + 1]]
+            idx = idx[known[idx]]
+            if not len(idx):
+                continue
+            sample = idx[: self._k].tolist()
+            series = tuple(SeriesSeen(key_list[i], labels[i] or (), int(points[i]),
+                                      self._last.get(key_list[i], math.nan),
+                                      routes[route_ids[i]].priority if len(routes)
+                                      else PriorityClass.MEDIUM)
+                           for i in sample)
+            pairs: frozenset[tuple[str, str]] = frozenset().union(
+                *[labels[i] or () for i in idx.tolist()])
+            profile_keys = {}
+            profile_points = {}
+            for profile, keys_out in outputs.items():
+                sel = idx[live[profile][idx]]
+                distinct = np.unique(keys_out[sel])
+                profile_keys[profile] = distinct
+                through = idx[passing[profile][idx]]
+                n_groups = len(distinct) - len(through)
+                profile_points[profile] = int(points[through].sum()) + flushes * max(0, n_groups)
             out.append(MetricSnapshot(
-                name=name, kind=kind if kind is not MetricKind.ANY else MetricKind.UNKNOWN,
-                series=tuple(m.series),
-                outputs={p: np.fromiter(k, dtype=np.uint64, count=len(k))
-                         for p, k in m.outputs.items()},
-                counts=m.counts,
-                output_points={p: m.points_out.get(p, 0) + flushes * len(m.groups.get(p, ()))
-                               for p in m.outputs},
-                policies=tuple(t for _, t in sorted(m.tallies.items()))))
+                name=name, kind=self._kind(name), series=series, outputs=profile_keys,
+                counts=PointTally(received=received[m], accepted=received[m],
+                                  dropped=dropped_n[m], merged=merged_n[m],
+                                  overflowed=overflowed_n[m]),
+                policies=tuple(tallies.get(m, ())), output_points=profile_points,
+                input_keys=keys[idx], label_pairs=pairs))
         return tuple(out)
 
+    def _shadow_codes(self, plan: Plan, column: npt.NDArray[np.uint64], key_list: list[int],
+                      labels: list[LabelSet | None]) -> npt.NDArray[np.uint64]:
+        """The shadow output code of every window series, routing (up to the budget) those
+        not routed yet and remembering them in the index column."""
+        pos = self._positions
+        codes = column[pos]
+        todo = np.flatnonzero(codes == _UNKNOWN)
+        if len(todo) > self._budget:
+            self.unrouted += len(todo) - self._budget
+            todo = todo[: self._budget]
+        for i in todo.tolist():
+            lb = labels[i]
+            if lb is None:
+                continue
+            r = plan.route(lb, self._kind(lb[0][1]), self._now_ms, key_list[i])
+            value = (np.uint64(r.group_key) if r.code is Code.MERGE else
+                     _DROPPED if r.code is Code.DROP else _SAME)
+            codes[i] = value
+            column[pos[i]] = value
+        return codes
+
     @staticmethod
-    def _count(m: _Metric, route: Route, n: int) -> None:
-        counts = m.counts
-        counts.received += n
-        counts.accepted += n
-        if route.code is Code.DROP:
-            counts.dropped += n
-        elif route.code is Code.MERGE:
-            if route.overflow:
-                counts.overflowed += n
-            else:
-                counts.merged += n
-        for policy_id, dry_run, changes in route.tallies:
-            t = m.tallies.get(policy_id)
-            if t is None:
-                t = m.tallies[policy_id] = PolicyTally(policy_id, dry_run)
-            t.matched_points += n
-            t.matched_series += 1
-            if changes:
-                t.changed_points += n
+    def _tallies(mids: npt.NDArray[np.int64], route_ids: npt.NDArray[np.int32],
+                 points: npt.NDArray[np.int64], routes: Sequence[Route],
+                 known: npt.NDArray[np.bool_]) -> dict[int, list[PolicyTally]]:
+        """Per metric, each policy's effect, from the (metric, route) pairs of the window."""
+        if not len(routes):
+            return {}
+        with_tallies = np.fromiter((bool(r.tallies) for r in routes), dtype=bool,
+                                   count=len(routes))
+        sel = known & with_tallies[route_ids]
+        if not sel.any():
+            return {}
+        pair = mids[sel] * len(routes) + route_ids[sel]
+        uniq, inverse, series_n = np.unique(pair, return_inverse=True, return_counts=True)
+        points_n = np.bincount(inverse, weights=points[sel]).astype(np.int64)
+        out: dict[int, dict[str, PolicyTally]] = {}
+        for p, s_n, pt_n in zip(uniq.tolist(), series_n.tolist(), points_n.tolist(),
+                                strict=True):
+            m, rid = divmod(p, len(routes))
+            per = out.setdefault(m, {})
+            for policy_id, dry_run, changes in routes[rid].tallies:
+                t = per.get(policy_id)
+                if t is None:
+                    t = per[policy_id] = PolicyTally(policy_id, dry_run)
+                t.matched_points += pt_n
+                t.matched_series += s_n
+                if changes:
+                    t.changed_points += pt_n
+        return {m: [per[k] for k in sorted(per)] for m, per in out.items()}

@@ -68,8 +68,13 @@ class SeriesSeen:
 
 @dataclass(frozen=True, slots=True)
 class MetricSnapshot:
-    """One metric's window: every distinct input series, and per profile (the active one
-    and every shadow one) the distinct output series keys it produced or would have."""
+    """One metric's window: its distinct input series, and per profile (the active one
+    and every shadow one) the distinct output series keys it produced or would have.
+
+    ``series`` holds the series with the smallest keys (a bottom-k sample, k = 256 by
+    default; every series when there are fewer), ``input_keys`` every distinct key and
+    ``label_pairs`` every distinct ``(name, value)`` label pair of the window; a snapshot
+    built by hand may leave the last two empty, and then ``series`` is taken as complete."""
 
     name: str
     kind: MetricKind
@@ -80,6 +85,23 @@ class MetricSnapshot:
     policies: tuple[PolicyTally, ...] = ()
     output_points: dict[str, int] = field(default_factory=dict)
     """Profile name → output points it emitted (or would have); absent profiles count 0."""
+    input_keys: npt.NDArray[np.uint64] = field(
+        default_factory=lambda: np.empty(0, dtype=np.uint64))
+    label_pairs: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def all_keys(self) -> npt.NDArray[np.uint64]:
+        """Every distinct input key (from ``series`` when ``input_keys`` was left empty)."""
+        if len(self.input_keys) or not self.series:
+            return self.input_keys
+        return np.fromiter((s.key for s in self.series), dtype=np.uint64,
+                           count=len(self.series))
+
+    @property
+    def all_label_pairs(self) -> frozenset[tuple[str, str]]:
+        if self.label_pairs or not self.series:
+            return self.label_pairs
+        return frozenset().union(*[s.labels for s in self.series])
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ part 0 the tenant's counts, batch latency DDSketch and refused policies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -129,7 +129,7 @@ class _MetricPiece:
               lg_k: int) -> _MetricPiece:
         series = metric.series
         keys = np.fromiter((s.key for s in series), dtype=np.uint64, count=len(series))
-        input_hll = hll_of_keys(keys, lg_k)
+        input_hll = hll_of_keys(metric.all_keys, lg_k)
         message = telemetry_pb2.MetricWindow(
             metric_name=metric.name,
             metric_type=common_pb2.MetricType.ValueType(metric.kind.value),
@@ -137,7 +137,7 @@ class _MetricPiece:
             input_series_estimate=round(hll_estimate(input_hll)),
             profiles=[_profile(name, metric, name == active_profile, lg_k)
                       for name in sorted(metric.outputs)],
-            labels=_label_windows(series, lg_k),
+            labels=_label_windows(metric.all_label_pairs, lg_k),
             counts=_counts(metric.counts),
             policy_effects=[_effect(p) for p in metric.policies],
         )
@@ -249,9 +249,8 @@ def _profile(name: str, metric: MetricSnapshot, active: bool,
         output_points=metric.output_points.get(name, 0))
 
 
-def _label_windows(series: Sequence[SeriesSeen], lg_k: int) -> list[telemetry_pb2.LabelWindow]:
-    # Distinct (name, value) pairs first, in C: most series share most of their pairs.
-    pairs: set[tuple[str, str]] = set().union(*[seen.labels for seen in series])
+def _label_windows(pairs: frozenset[tuple[str, str]], lg_k: int
+                   ) -> list[telemetry_pb2.LabelWindow]:
     values: dict[str, list[str]] = {}
     for name, value in pairs:
         known = values.get(name)
