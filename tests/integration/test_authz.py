@@ -22,7 +22,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from cardinality_guard.servicer import CardinalityGuardServicer
-from metrics_pipeline.servicer import PipelineServicer
 from phoenixcp.api.phoenix.v1 import (
     cardinality_pb2,
     cardinality_pb2_grpc,
@@ -68,7 +67,7 @@ async def start_server(
         bindings=[
             ServicerBinding("phoenix.v1.PipelineService",
                             pipeline_pb2_grpc.add_PipelineServiceServicer_to_server,
-                            PipelineServicer()),  # type: ignore[abstract]
+                            pipeline_pb2_grpc.PipelineServiceServicer()),
             ServicerBinding("phoenix.v1.CardinalityGuardService",
                             cardinality_pb2_grpc.add_CardinalityGuardServiceServicer_to_server,
                             CardinalityGuardServicer()),  # type: ignore[abstract]
