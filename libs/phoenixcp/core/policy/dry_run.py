@@ -161,8 +161,7 @@ def dry_run(candidate: PolicySpec, window: TenantSnapshot, *, replica: str,
 def distinct_series(metric: MetricSnapshot) -> int:
     """How many distinct input series the metric had in the window: every key when the
     snapshot lists them apart from a sample (``input_keys``), else ``len(series)``."""
-    keys = getattr(metric, "input_keys", None)
-    return max(len(keys) if keys is not None else 0, len(metric.series))
+    return max(len(metric.all_keys), len(metric.series))
 
 
 def _sample(series: Sequence[SeriesSeen], limit: int) -> Sequence[SeriesSeen]:
