@@ -67,6 +67,6 @@ def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
 
 def test_all_names_the_public_api() -> None:
     public = {name for name in vars(coord) if not name.startswith("_")}
-    modules = {"election", "etcd", "leader_only", "lease", "memory", "metrics", "ports",
-               "prefix_watch", "store", "watching"}
+    modules = {"election", "etcd", "leader_only", "lease", "membership", "memory", "metrics",
+               "ports", "prefix_watch", "store", "watching"}
     assert set(coord.__all__) == public - modules

@@ -31,9 +31,9 @@ from phoenixcp.platform.coord import (
     LeaderElection,
     LeaderOnly,
     LeaderOnlyRunner,
+    Membership,
     StateStore,
 )
-from phoenixcp.platform.coord.membership import Membership
 from phoenixcp.platform.names import service_enum
 from phoenixcp.platform.tls import CertBundle
 

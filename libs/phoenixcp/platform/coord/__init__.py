@@ -16,6 +16,7 @@ implement the same ports (:class:`ReplicatedState`, :class:`Leadership`).
 from phoenixcp.platform.coord.election import LeaderElection
 from phoenixcp.platform.coord.etcd import EtcdConnection
 from phoenixcp.platform.coord.leader_only import LeaderOnlyRunner
+from phoenixcp.platform.coord.membership import Membership
 from phoenixcp.platform.coord.memory import MemoryLeadership, MemoryState
 from phoenixcp.platform.coord.ports import (
     Change,
@@ -39,6 +40,7 @@ __all__ = [
     "LeaderOnlyRunner",
     "Leadership",
     "LeadershipChange",
+    "Membership",
     "MemoryLeadership",
     "MemoryState",
     "ReplicatedState",
