@@ -69,6 +69,10 @@ class _Source:
     def profile_for(self, tenant: str) -> ProfileSpec:
         return self.view.profile_for(tenant) if self.view is not None else _FULL
 
+    @property
+    def rejections(self) -> Sequence[tuple[str, str, tuple[tuple[str, str], ...]]]:
+        return self.view.rejections if self.view is not None else ()
+
     def policies_for(self, tenant: str, now: datetime) -> tuple[PolicySpec, ...]:
         live = tuple(p for p in self.static if not p.expired(now))
         if self.view is None:

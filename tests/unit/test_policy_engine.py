@@ -40,6 +40,7 @@ class Source:
     own: tuple[PolicySpec, ...] = ()
     others: tuple[ProfileSpec, ...] = ()
     extra: dict[str, ProfileSpec] = field(default_factory=dict)
+    rejections: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
     def profiles(self) -> Mapping[str, ProfileSpec]:
@@ -203,3 +204,16 @@ def test_window_reports_distinct_series_and_every_profiles_output() -> None:
     assert len(metric.outputs["full"]) == 10
     assert len(metric.outputs["balanced"]) == 2  # /0 and /1
     assert metric.counts.received == 30
+
+
+def test_policies_refused_in_etcd_are_reported_in_the_tenants_window() -> None:
+    clock = Clock()
+    engine = PolicyEngine(replica_id="r1", clock_ms=clock)
+    engine.apply(Source(rejections=(
+        ("acme", "bad-cap", (("cap.max_series", "must be at least 1, got 0"),)),
+        ("other", "x", (("id", "bad"),)),
+        ("", "broken-profile", (("policies[0].aggregate", "give by or without"),)))))
+    engine.process(batch([req(1, 1.0)], 1000))
+    clock.ms += 10_000
+    (snap,) = engine.close_window()
+    assert [name for _, name, _ in snap.rejected_policies] == ["bad-cap", "broken-profile"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -60,6 +60,12 @@ class PolicySource(Protocol):
     def profile_for(self, tenant: str) -> ProfileSpec: ...
 
     def policies_for(self, tenant: str, now: datetime) -> tuple[PolicySpec, ...]: ...
+
+    @property
+    def rejections(self) -> Sequence[tuple[str, str, tuple[tuple[str, str], ...]]]:
+        """Stored policies or profiles refused as invalid: ``(tenant or "", name,
+        ((field, message), ...))``; reported in each tenant's window."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,4 +500,10 @@ class PolicyEngine:
             tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
             end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,
             metrics=metrics, counts=window.tally,
-            batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64))
+            batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64),
+            rejected_policies=self._rejections(tenant.name))
+
+    def _rejections(self, tenant: str) -> tuple[tuple[str, str, tuple[tuple[str, str], ...]],
+                                                ...]:
+        found = getattr(self._source, "rejections", ()) if self._source is not None else ()
+        return tuple((t, name, tuple(v)) for t, name, v in found if t in ("", tenant))

@@ -7,7 +7,9 @@ objects only for the sample (the ``sample_k`` smallest keys per metric).
 
 Shadow routes (what every other profile would have done) are kept per series in the index
 (a ``uint64`` column per profile: 8 bytes per series); at most ``shadow_budget`` new series
-per profile are routed per window, so a series bomb cannot turn the window close into
+per profile, and at most ``shadow_seconds`` of CPU for all profiles together (50 ms, shared
+equally), are
+routed per window, so neither a start nor a series bomb can turn the window close into
 seconds of work — the shadow figures then cover the series routed so far, the rest fill in
 over the next windows, and :attr:`SnapshotBuilder.unrouted` says how many were left out.
 """
@@ -15,6 +17,7 @@ over the next windows, and :attr:`SnapshotBuilder.unrouted` says how many were l
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,7 +43,7 @@ class SnapshotBuilder:
                  shadows: Mapping[str, tuple[Plan, npt.NDArray[np.uint64]]],
                  positions: npt.NDArray[np.intp], kind: Callable[[str], MetricKind],
                  last_values: Mapping[int, float], now_ms: int, shadow_budget: int,
-                 sample_k: int = 256) -> None:
+                 sample_k: int = 256, shadow_seconds: float = 0.05) -> None:
         self._active = active
         self._shadows = shadows
         self._positions = positions
@@ -48,6 +51,7 @@ class SnapshotBuilder:
         self._last = last_values
         self._now_ms = now_ms
         self._budget = shadow_budget
+        self._share = shadow_seconds / max(1, len(shadows))
         self._k = sample_k
         self.unrouted = 0
         """Series left out of shadow accounting in this window (over the budget)."""
@@ -136,12 +140,16 @@ class SnapshotBuilder:
         """The shadow output code of every window series, routing (up to the budget) those
         not routed yet and remembering them in the index column."""
         pos = self._positions
+        deadline = time.process_time() + self._share
         codes = column[pos]
         todo = np.flatnonzero(codes == _UNKNOWN)
         if len(todo) > self._budget:
             self.unrouted += len(todo) - self._budget
             todo = todo[: self._budget]
-        for i in todo.tolist():
+        for n, i in enumerate(todo.tolist()):
+            if n % 64 == 0 and time.process_time() > deadline:
+                self.unrouted += len(todo) - n
+                break
             lb = labels[i]
             if lb is None:
                 continue
