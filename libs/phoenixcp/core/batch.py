@@ -39,6 +39,7 @@ __all__ = [
     "LabelSet",
     "MetricBatch",
     "MetricType",
+    "SampleDecoder",
     "SpanGather",
     "gather_spans",
 ]
@@ -93,6 +94,9 @@ a receiver may supply a faster one (the C scanner's)."""
 
 
 LabelDecoder = Callable[[bytes, npt.NDArray[np.uint32]], list[LabelSet]]
+SampleDecoder = Callable[[bytes, npt.NDArray[np.uint32]], tuple[bytes, bytes, bytes]]
+"""``(buffer, spans) -> (series index int32, timestamps int64, values float64)`` as bytes,
+for the float samples of the series whose spans are given (the receiver's C scanner)."""
 """``(data, spans) -> label sets``: for each row ``(start, end, ...)`` of ``spans`` (uint32,
 shape (k, 4), C-contiguous), the labels of the validated ``TimeSeries`` entry
 ``data[start:end]`` (tag and length included), sorted by name (byte order), labels with an
@@ -171,6 +175,7 @@ class MetricBatch:
     decoder: ColumnsDecoder | None = field(default=None, repr=False, compare=False)
     gather: SpanGather | None = field(default=None, repr=False, compare=False)
     labeler: LabelDecoder | None = field(default=None, repr=False, compare=False)
+    sampler: SampleDecoder | None = field(default=None, repr=False, compare=False)
     _columns: list[BatchColumns] = field(
         default_factory=list, init=False, repr=False, compare=False
     )
@@ -228,6 +233,7 @@ class MetricBatch:
             decoder=self.decoder,
             gather=self.gather,
             labeler=self.labeler,
+            sampler=self.sampler,
         )
 
     def label_sets(self, index: npt.NDArray[np.integer[Any]]) -> list[LabelSet]:
@@ -244,6 +250,18 @@ class MetricBatch:
             tuple(sorted((pair for pair in labels if pair[1]), key=_pair_name))
             for labels in self.subset(index).columns().label_sets
         ]
+
+    def samples(self, index: npt.NDArray[np.integer[Any]]
+                ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """The float samples of the series at ``index``: ``(i, timestamps, values)`` where
+        ``i[j]`` is the position in ``index`` of sample ``j``'s series. With a ``sampler``
+        only those series' bytes are read, in C; without one the subset is decoded."""
+        if self.sampler is not None:
+            i, ts, values = self.sampler(self.write_request, self._picked_spans(index, "samples"))
+            return (np.frombuffer(i, dtype=np.int32), np.frombuffer(ts, dtype=np.int64),
+                    np.frombuffer(values, dtype=np.float64))
+        cols = self.subset(index).columns()
+        return cols.series_index, cols.timestamps, cols.values
 
     def _picked_spans(self, index: npt.NDArray[np.integer[Any]],
                       caller: str) -> npt.NDArray[np.uint32]:

@@ -338,7 +338,7 @@ class PolicyEngine:
 
     def _merge(self, tenant: _Tenant, batch: MetricBatch, merging: npt.NDArray[np.intp],
                ids: npt.NDArray[np.int32], tally: PointTally) -> None:
-        cols = _subset(batch, merging).columns()
+        series_index, timestamps, values = batch.samples(merging)
         now_ms = self._clock()
         routes = tenant.table.routes
         key_list = batch.series_keys[merging].tolist()
@@ -355,9 +355,8 @@ class PolicyEngine:
         last = tenant.window.last_values
         watched = tenant.watched
         plan = tenant.plan
-        series_index = cols.series_index.tolist()
-        for s, ts, value in zip(series_index, cols.timestamps.tolist(),
-                                cols.values.tolist(), strict=True):
+        for s, ts, value in zip(series_index.tolist(), timestamps.tolist(),
+                                values.tolist(), strict=True):
             observe, route, key = targets[s]
             if route.topk is not None:
                 plan.weigh(route, key, value)

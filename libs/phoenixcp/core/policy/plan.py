@@ -142,11 +142,11 @@ def merges_cumulatively(name: str, kind: MetricKind, labels: Mapping[str, str]) 
     return name.endswith(_CUMULATIVE_SUFFIXES) and "quantile" not in labels
 
 
-def _identity(labels: Mapping[str, str]) -> int:
-    """What a cap or top-K counts: the output series without ``le``/``quantile``, so all
-    buckets of one histogram series share one decision."""
+def _identity(labels: Mapping[str, str], *, whole: bool = False) -> int:
+    """What a cap or top-K counts: the output series (``whole``: without ``le`` and
+    ``quantile``, so all buckets of one histogram series share one decision)."""
     return series_key((n, v) for n, v in labels.items()
-                      if n not in _KEEP_UNDER_OVERFLOW and n != REPLICA_LABEL)
+                      if n != REPLICA_LABEL and not (whole and n in _KEEP_UNDER_OVERFLOW))
 
 
 def _rules_for(policy: PolicySpec, name: str
@@ -205,7 +205,7 @@ class _Compiled:
     caps_only: bool = False
     """Only caps without label conditions apply: a plain series' route depends on nothing
     but the caps' decisions (memoised in ``memo``)."""
-    memo: dict[tuple[bool, ...], Route] = field(default_factory=dict)
+    memo: dict[tuple[tuple[bool, ...], tuple[str, ...]], Route] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.classify or self.drop or self.aggregate or self.top_k or self.cap)
@@ -322,14 +322,15 @@ class Plan:
         c = self._for_name(name, kind)
         if not c:
             return self._shared(Route(Code.PASS, name))
-        if c.caps_only and key is not None and not any(
-                n == "le" or n == "quantile" for n, _ in labels):
+        if c.caps_only and key is not None:
             decisions = tuple(
                 s.cap.admit(name if s.action.scope is CapScope.PER_METRIC else "", key, now_ms)
                 for _, s in c.cap)
-            found = c.memo.get(decisions)
+            # The overflow series keeps `le`/`quantile`: they are part of the memo key.
+            memo_key = (decisions, tuple(v for n, v in labels if n in _KEEP_UNDER_OVERFLOW))
+            found = c.memo.get(memo_key)
             if found is None:
-                found = c.memo[decisions] = self._route(labels, name, c, kind, now_ms, key)
+                found = c.memo[memo_key] = self._route(labels, name, c, kind, now_ms, key)
             return found
         return self._route(labels, name, c, kind, now_ms, key)
 
@@ -370,8 +371,8 @@ class Plan:
                 current = out
                 target = MergeSpec(p.fingerprint, p.id, p.action.gauge_function,
                                    p.action.flush_interval)
-        plain_key = key if key is not None and out is None and not (
-            "le" in d or "quantile" in d) else None
+        plain_key = key if key is not None and out is None else None
+        histogram = "le" in d or "quantile" in d
         topk: tuple[int, Hashable, Hashable] | None = None
         watch = False
         cumulative = merges_cumulatively(name, kind, d)
@@ -381,7 +382,9 @@ class Plan:
                 continue
             partition = tuple((n, current.get(n, "")) for n in tk.action.partition_by)
             scope: Hashable = (name, partition)
-            identity = plain_key if plain_key is not None else _identity(current)
+            # Top-K ranks a histogram series as a whole, so K kept series keep every bucket.
+            identity = (_identity(current, whole=True) if histogram or plain_key is None
+                        else plain_key)
             members = tk.sets.get(scope)
             if members is None:
                 members = tk.sets[scope] = TopKSet(tk.action, cumulative)

@@ -814,6 +814,93 @@ done:
     return out;
 }
 
+
+/* ---- samples(): the float samples of some series, as three packed arrays ----
+ *
+ * For each row of spans (a TimeSeries entry scan() validated), every Sample in order:
+ * returns (series_index: int32 per sample, the row's index; timestamps: int64; values:
+ * float64) as bytes, so the policy engine reads the points it merges without building a
+ * Python object per point. Native histograms are not samples and are skipped. */
+static int sample_fields(cur_t s, double *v, int64_t *ts) {
+    *v = 0; *ts = 0;
+    while (s.p < s.end) {
+        uint64_t tag, n;
+        if (varint(&s, &tag) < 0) return -1;
+        uint32_t num = (uint32_t)(tag >> 3), wt = (uint32_t)(tag & 7);
+        if (wt == 1) {
+            if (s.end - s.p < 8) return -1;
+            if (num == 1) memcpy(v, s.p, 8);
+            s.p += 8;
+        } else if (wt == 0) {
+            if (varint(&s, &n) < 0) return -1;
+            if (num == 2) *ts = (int64_t)n;
+        } else if (wt == 2) {
+            if (varint(&s, &n) < 0 || n > (uint64_t)(s.end - s.p)) return -1;
+            s.p += n;
+        } else if (wt == 5) {
+            if (s.end - s.p < 4) return -1;
+            s.p += 4;
+        } else return -1;
+    }
+    return 0;
+}
+
+static PyObject *samples(PyObject *self, PyObject *args) {
+    Py_buffer buf, sp;
+    if (!PyArg_ParseTuple(args, "y*y*", &buf, &sp)) return NULL;
+    PyObject *idx = NULL, *tss = NULL, *vals = NULL, *out = NULL;
+    if (sp.len % (Py_ssize_t)sizeof(span_t)) {
+        PyErr_SetString(PyExc_ValueError, "spans must be rows of four uint32");
+        goto done;
+    }
+    Py_ssize_t rows = sp.len / (Py_ssize_t)sizeof(span_t), total = 0, k = 0;
+    const uint8_t *rowp = (const uint8_t *)sp.buf, *base = (const uint8_t *)buf.buf;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        span_t r; memcpy(&r, rowp + i * (Py_ssize_t)sizeof(span_t), sizeof r);
+        if (r.start > r.end || r.end > (uint64_t)buf.len || r.histograms > r.points) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%u, %u) is outside the %zd-byte buffer",
+                         i, r.start, r.end, buf.len);
+            goto done;
+        }
+        total += (Py_ssize_t)(r.points - r.histograms);
+    }
+    idx = PyBytes_FromStringAndSize(NULL, total * 4);
+    tss = PyBytes_FromStringAndSize(NULL, total * 8);
+    vals = PyBytes_FromStringAndSize(NULL, total * 8);
+    if (!idx || !tss || !vals) goto done;
+    int32_t *oi = (int32_t *)PyBytes_AS_STRING(idx);
+    int64_t *ot = (int64_t *)PyBytes_AS_STRING(tss);
+    double *ov = (double *)PyBytes_AS_STRING(vals);
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        span_t r; memcpy(&r, rowp + i * (Py_ssize_t)sizeof(span_t), sizeof r);
+        cur_t c = {base + r.start, base + r.end}, ts, sub;
+        uint32_t num, wt;
+        if (field(&c, &num, &wt, &ts) < 0 || num != 1 || wt != 2 || c.p != c.end) goto malformed;
+        while (ts.p < ts.end) {
+            if (field(&ts, &num, &wt, &sub) < 0) goto malformed;
+            if (num != 2) continue;
+            if (wt != 2 || k >= total) goto malformed;
+            double v; int64_t t;
+            if (sample_fields(sub, &v, &t) < 0) goto malformed;
+            oi[k] = (int32_t)i; ot[k] = t; ov[k] = v; k++;
+        }
+        continue;
+    malformed:
+        PyErr_Format(PyExc_ValueError, "span %zd is not one well-formed TimeSeries entry", i);
+        goto done;
+    }
+    if (k != total) {
+        PyErr_Format(PyExc_ValueError, "the spans announce %zd samples, the entries hold %zd",
+                     total, k);
+        goto done;
+    }
+    out = PyTuple_Pack(3, idx, tss, vals);
+done:
+    Py_XDECREF(idx); Py_XDECREF(tss); Py_XDECREF(vals);
+    PyBuffer_Release(&buf); PyBuffer_Release(&sp);
+    return out;
+}
+
 static PyObject *label_cache_size(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(nn)", (Py_ssize_t)PAIRS.count, (Py_ssize_t)NAMES.count);
 }
@@ -835,6 +922,7 @@ static PyMethodDef methods[] = {
     {"scan", scan, METH_O, "Scan and validate a WriteRequest; see the module source."},
     {"gather", gather, METH_VARARGS, "Concatenate spans of a buffer, then a tail; see the module source."},
     {"labels", labels, METH_VARARGS, "The sorted, interned label sets of some series; see the module source."},
+    {"samples", samples, METH_VARARGS, "(series index, timestamps, values) of some series' samples; see the module source."},
     {"label_cache_size", label_cache_size, METH_NOARGS, "(pairs, names) held by labels()' cache."},
     {"label_cache_clear", label_cache_clear, METH_NOARGS, "Empty labels()' cache (tests, benchmarks)."},
     {"xxh64", py_xxh64, METH_O, "xxh64 (seed 0) of a buffer, for tests."},

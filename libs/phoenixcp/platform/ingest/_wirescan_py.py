@@ -281,6 +281,36 @@ def labels(buffer: bytes, spans: object) -> list[tuple[tuple[str, str], ...]]:
     return out
 
 
+def samples(buffer: bytes, spans: object) -> tuple[bytes, bytes, bytes]:
+    """The float samples of some series (see _wirescan.c ``samples``)."""
+    from phoenixcp.api.prometheus import remote_pb2
+
+    buf = bytes(buffer)
+    raw = spans.tobytes() if hasattr(spans, "tobytes") else bytes(spans)  # type: ignore[call-overload]
+    if len(raw) % 16:
+        raise ValueError("spans must be rows of four uint32")
+    rows = struct.iter_unpack("=4I", raw)
+    index: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    for i, (start, end, _points, _histograms) in enumerate(rows):
+        if start > end or end > len(buf):
+            raise ValueError(f"span {i} ({start}, {end}) is outside the {len(buf)}-byte buffer")
+        try:
+            request = remote_pb2.WriteRequest.FromString(buf[start:end])
+        except Exception:
+            raise ValueError(f"span {i} is not one well-formed TimeSeries entry") from None
+        if len(request.timeseries) != 1:
+            raise ValueError(f"span {i} is not one well-formed TimeSeries entry")
+        for sample in request.timeseries[0].samples:
+            index.append(i)
+            stamps.append(sample.timestamp)
+            values.append(sample.value)
+    n = len(index)
+    return (struct.pack(f"={n}i", *index), struct.pack(f"={n}q", *stamps),
+            struct.pack(f"={n}d", *values))
+
+
 def label_cache_size() -> tuple[int, int]:
     """(pairs, names) held by :func:`labels`' cache."""
     return len(_pairs), len(_names)

@@ -33,7 +33,7 @@ import cramjam
 import numpy as np
 import numpy.typing as npt
 
-from phoenixcp.core.batch import LabelDecoder, MetricBatch, SpanGather
+from phoenixcp.core.batch import LabelDecoder, MetricBatch, SampleDecoder, SpanGather
 from phoenixcp.core.series import LABEL_NAME_PATTERN, METRIC_NAME_PATTERN
 from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _wirescan_py
@@ -60,11 +60,13 @@ try:
     _scan: Scanner = _wirescan.scan
     _gather: SpanGather = _wirescan.gather
     _labels: LabelDecoder = _wirescan.labels
+    _samples: SampleDecoder = _wirescan.samples
     SCANNER = "c"
 except ImportError:  # the extension is not built: same contract, slower
     _scan = _wirescan_py.scan
     _gather = _wirescan_py.gather
     _labels = _wirescan_py.labels
+    _samples = _wirescan_py.samples
     SCANNER = "python"
 
 
@@ -234,4 +236,5 @@ def batch_from_scan(
         decoder=decode_columns,
         gather=_gather,
         labeler=_labels,
+        sampler=_samples,
     )
