@@ -4,8 +4,11 @@ Every accepted batch goes through the :class:`~phoenixcp.core.policy.engine.Poli
 the series it leaves unchanged are queued at once (before the sender gets its answer, as
 without policies); merged points are queued when their flush interval ends, by a loop here;
 dropped points are counted. Room in the queues is checked before the engine sees a batch, so a
-429 / RESOURCE_EXHAUSTED changes no state. If merged output meets a full queue it waits and
-retries: it is never dropped.
+429 / RESOURCE_EXHAUSTED normally changes no state; if concurrent requests fill the queue in
+between, the sender's retry is harmless: a resent point adds nothing to a merged counter (its
+increase is 0) or gauge (same latest value), and cap decisions are sticky (only the window's
+counts see it twice). If merged output meets a full queue it waits and retries: it is never
+dropped.
 """
 
 from __future__ import annotations
