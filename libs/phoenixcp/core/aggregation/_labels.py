@@ -42,6 +42,16 @@ class LabelReduction:
         if kept:
             raise ValueError(f"label(s) {sorted(kept)} cannot be removed by `without`")
 
+    @property
+    def keep(self) -> frozenset[str]:
+        """With ``by``: every label name that stays (``le``, ``quantile`` and the name too)."""
+        return _UNREMOVABLE.union(self.by)
+
+    @property
+    def drop(self) -> frozenset[str]:
+        """With ``without``: the label names removed."""
+        return frozenset(self.without)
+
     def apply(self, labels: LabelSet) -> LabelSet:
         """The output label set of a series: sorted by name, empty values left out."""
         if self.by:

@@ -175,6 +175,7 @@ class PolicyEngine:
         self._source: PolicySource | None = None
         self._tenants: dict[str, _Tenant] = {}
         self._targets: dict[tuple[str, Hashable], _Target] = {}
+        self._by_spec: dict[MergeSpec, tuple[str, _Target]] = {}
         self._pending: list[MergedOutput] = []
         self.plan_changes = 0
 
@@ -247,6 +248,7 @@ class PolicyEngine:
 
     def _close_unused_targets(self, now_ms: int) -> None:
         live = {(t.name, fp) for t in self._tenants.values() for fp in t.plan.targets}
+        self._by_spec.clear()
         for key in [k for k in self._targets if k not in live]:
             target = self._targets.pop(key)
             points = target.close(now_ms)
@@ -325,6 +327,9 @@ class PolicyEngine:
         return tenant.plan.route(labels, tenant.kind(name), now_ms, key)
 
     def _target(self, tenant: str, spec: MergeSpec, now_ms: int) -> _Target:
+        fast = self._by_spec.get(spec)  # by identity: no deep hash of the fingerprint
+        if fast is not None and fast[0] == tenant:
+            return fast[1]
         key = (tenant, spec.fingerprint)
         target = self._targets.get(key)
         if target is None:
@@ -334,6 +339,7 @@ class PolicyEngine:
                                          config=self._merge_config),
                              interval, now_ms + interval)
             self._targets[key] = target
+        self._by_spec[spec] = (tenant, target)
         return target
 
     def _merge(self, tenant: _Tenant, batch: MetricBatch, merging: npt.NDArray[np.intp],

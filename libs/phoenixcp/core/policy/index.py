@@ -54,7 +54,11 @@ class SeriesIndex:
         """Positions of ``keys``; new keys (in neither place) have pos and side -1."""
         n = len(self.keys)
         if n:
-            pos = np.searchsorted(self.keys, keys)
+            # Searching in key order keeps each search near the last one: under load, when
+            # the index is not in the CPU cache, this costs a few misses per key, not ~18.
+            order = np.argsort(keys)
+            pos = np.empty(len(keys), dtype=np.intp)
+            pos[order] = np.searchsorted(self.keys, keys[order])
             clipped = np.minimum(pos, n - 1)
             hit = self.keys[clipped] == keys
             pos = np.where(hit, clipped, -1)

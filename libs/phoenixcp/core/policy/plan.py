@@ -68,9 +68,12 @@ class Code(enum.IntEnum):
     """Exported unchanged, but its values are read: a top-K policy ranks it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class MergeSpec:
-    """One merge target of a plan: the policy that owns it and how it combines values."""
+    """One merge target of a plan: the policy that owns it and how it combines values.
+
+    Compared by identity (a plan makes one per policy), so routes that carry it hash fast;
+    the engine finds a target's state by ``fingerprint``, which survives plan changes."""
 
     fingerprint: Hashable
     policy_id: str
@@ -206,6 +209,13 @@ class _Compiled:
     """Only caps without label conditions apply: a plain series' route depends on nothing
     but the caps' decisions (memoised in ``memo``)."""
     memo: dict[tuple[tuple[bool, ...], tuple[str, ...]], Route] = field(default_factory=dict)
+    aggregate_only: bool = False
+    """Only one enforced aggregate without label conditions applies: a series' route depends
+    on nothing but its reduced label set (memoised in ``reduced``)."""
+    reduced: dict[LabelSet, Route] = field(default_factory=dict)
+    reduce_names: frozenset[str] = frozenset()
+    """The aggregate's label names kept (``reduce_by``) or removed."""
+    reduce_by: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.classify or self.drop or self.aggregate or self.top_k or self.cap)
@@ -253,8 +263,9 @@ class Plan:
                         max_series=cap.max_series, idle_timeout=cap.idle_timeout)))
                     self._c.cap.append((len(self._caps), cap_state))
                     self._caps.append(cap_state)
-        self._by_name: dict[tuple[str, MetricKind], _Compiled] = {}
+        self._by_name: dict[int, dict[str, _Compiled]] = {}
         self._groups: dict[LabelSet, tuple[LabelSet, int]] = {}
+        self._specs: dict[tuple[int, int, timedelta], MergeSpec] = {}
         self._routes: dict[Route, Route] = {}
 
     @property
@@ -271,7 +282,10 @@ class Plan:
         return not self.policies
 
     def _for_name(self, name: str, kind: MetricKind) -> _Compiled:
-        found = self._by_name.get((name, kind))
+        by_kind = self._by_name.get(kind.value)
+        if by_kind is None:
+            by_kind = self._by_name[kind.value] = {}
+        found = by_kind.get(name)
         if found is None:
             def ok(p: PolicySpec) -> bool:
                 sel = p.match
@@ -285,12 +299,31 @@ class Plan:
                 aggregate=[(p, r) for p, r in c.aggregate if ok(p)],
                 top_k=[(i, t) for i, t in c.top_k if ok(t.policy)],
                 cap=[(i, s) for i, s in c.cap if ok(s.policy)])
+            found.aggregate_only = len(found.aggregate) == 1 and not (
+                found.classify or found.drop or found.top_k or found.cap) and all(
+                p.enforced and not p.match.matchers for p, _ in found.aggregate)
+            if found.aggregate_only:
+                reduction = found.aggregate[0][1]
+                found.reduce_by = bool(reduction.by)
+                found.reduce_names = reduction.keep if reduction.by else reduction.drop
             found.caps_only = bool(found.cap) and not (
                 found.classify or found.drop or found.aggregate or found.top_k) and all(
                 not s.policy.match.matchers for _, s in found.cap)
-            if len(self._by_name) >= _CACHE_MAX:
-                self._by_name.clear()
-            self._by_name[(name, kind)] = found
+            if len(by_kind) >= _CACHE_MAX:
+                by_kind.clear()
+            by_kind[name] = found
+        return found
+
+    def _spec(self, owner: PolicySpec | None, function: GaugeFunction,
+              flush: timedelta) -> MergeSpec:
+        """The plan's one MergeSpec of ``owner`` (None: the shared overflow target); keyed
+        by object identity, so the policy's fingerprint is hashed once per plan."""
+        key = (id(owner), function.value, flush)
+        found = self._specs.get(key)
+        if found is None:
+            found = self._specs[key] = MergeSpec(
+                OVERFLOW_TARGET if owner is None else owner.fingerprint,
+                "overflow" if owner is None else owner.id, function, flush)
         return found
 
     def _shared(self, route: Route) -> Route:
@@ -332,6 +365,18 @@ class Plan:
             if found is None:
                 found = c.memo[memo_key] = self._route(labels, name, c, kind, now_ms, key)
             return found
+        if c.aggregate_only:
+            names = c.reduce_names
+            if c.reduce_by:
+                reduced = tuple(pair for pair in labels if pair[0] in names)
+            else:
+                reduced = tuple(pair for pair in labels if pair[0] not in names)
+            if len(c.reduced) >= _CACHE_MAX:
+                c.reduced.clear()
+            found = c.reduced.get(reduced)
+            if found is None:
+                found = c.reduced[reduced] = self._route(labels, name, c, kind, now_ms, key)
+            return found
         return self._route(labels, name, c, kind, now_ms, key)
 
     def _route(self, labels: LabelSet, name: str, c: _Compiled, kind: MetricKind,
@@ -356,7 +401,7 @@ class Plan:
             policy, roll = rollup
             out = {n: v for n, v in d.items() if n not in roll.without}
             out[roll.others_label] = "others"
-            target = MergeSpec(policy.fingerprint, policy.id, roll.gauge_function,
+            target = self._spec(policy, roll.gauge_function,
                                self.default_flush)
         current = d if out is None else out
         for p, reduction in c.aggregate:
@@ -369,7 +414,7 @@ class Plan:
             if p.enforced and out is None and changes:
                 out = reduced
                 current = out
-                target = MergeSpec(p.fingerprint, p.id, p.action.gauge_function,
+                target = self._spec(p, p.action.gauge_function,
                                    p.action.flush_interval)
         plain_key = key if key is not None and out is None else None
         histogram = "le" in d or "quantile" in d
@@ -402,7 +447,7 @@ class Plan:
                            tk.action.other_label: "other", **kept_labels}
                     current = out
                     plain_key = None
-                    target = MergeSpec(p.fingerprint, p.id, tk.action.gauge_function,
+                    target = self._spec(p, tk.action.gauge_function,
                                        self.default_flush)
         for index, state in c.cap:
             p = state.policy
@@ -420,7 +465,7 @@ class Plan:
                 current = out
                 # One overflow series per metric, whichever cap sent a series there: all
                 # caps share one merge target, so two never write the same output series.
-                target = MergeSpec(OVERFLOW_TARGET, p.id, state.action.gauge_function,
+                target = self._spec(None, state.action.gauge_function,
                                    self.default_flush)
         if out is None or target is None:
             code = Code.WATCH if watch else Code.OBSERVE if tallies else Code.PASS
