@@ -143,8 +143,8 @@ _EXPERIMENTAL = ProfileSpec(
         ),
     ),
     description=("Top-K: the 100 heaviest series per metric per replica, the rest merged into "
-                 "one other series. Meant to be compared side by side through its own "
-                 "exporter before it is made active."),
+                 "one other series. Compare it first: window reports carry its output "
+                 "cardinality (shadow accounting) while another profile is active."),
 )
 
 BUILTIN_PROFILES: tuple[ProfileSpec, ...] = (
