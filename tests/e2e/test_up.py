@@ -111,7 +111,10 @@ def test_up_serves_everything_and_stops_clean(tmp_path: Path) -> None:
             assert time.monotonic() - killed < 10, now
         took = time.monotonic() - killed
         print(f"status showed the new {service} leader {took:.2f}s after SIGKILL of the old one")
-        assert took < 3.6  # the 3 s lease TTL plus etcd's 0.5 s expiry tick
+        # The 3 s lease TTL plus etcd's 0.5 s expiry tick, plus one status poll, which waits
+        # on the dead replica; tests/chaos/test_failover.py holds the tighter 3.6 s bound on
+        # the election itself.
+        assert took < 4.0
         shown = status_json(state, check=False)["services"][service]
         assert [r["leader"] for r in shown if r["grpc"] == new[0]] == [True]
         assert [r["health"] for r in shown if r["grpc"] == old["grpc"]] == ["UNREACHABLE"]
