@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
@@ -27,15 +26,15 @@ from phoenixcp.api.phoenix.v1 import (
     telemetry_pb2,
 )
 from phoenixcp.cli.remote import (
-    EXIT_FAILED,
-    CliError,
     Target,
     as_json,
     call_pipeline,
     load_policies,
     print_json,
     report_rpc_error,
+    run_remote,
 )
+from phoenixcp.cli.table import table_lines
 
 if TYPE_CHECKING:
     from phoenixcp.api.phoenix.v1.pipeline_pb2_grpc import PipelineServiceAsyncStub as Stub
@@ -79,9 +78,7 @@ def describe_action(policy: state_pb2.Policy) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table_lines(rows)))
 
 
 async def _previous_generation(stub: Stub, policy: state_pb2.Policy) -> int:
@@ -202,9 +199,8 @@ async def _delete(stub: Stub, tenant: str, policy_id: str, reason: str) -> int:
 
 def run_policy(args: argparse.Namespace) -> int:
     """Run ``phoenixctl policy <action>`` as parsed in main.py; returns the exit code."""
-    command = f"policy {args.action}"
-    try:
-        target = Target.find(args.state_dir, args.address)
+
+    def work(target: Target) -> int:
         if args.action == "apply":
             policies = load_policies(args.file, args.tenant)
             return asyncio.run(call_pipeline(target, lambda s: _apply(s, policies)))
@@ -218,11 +214,5 @@ def run_policy(args: argparse.Namespace) -> int:
             return 0
         return asyncio.run(call_pipeline(target, lambda s: _delete(
             s, args.tenant, args.id, args.reason)))
-    except CliError as exc:
-        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
-        return exc.code
-    except grpc.aio.AioRpcError as exc:
-        return report_rpc_error(command, exc)
-    except OSError as exc:
-        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+
+    return run_remote(f"policy {args.action}", args.state_dir, args.address, work)

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import TYPE_CHECKING
-
-import grpc
 
 from phoenixcp.api.phoenix.v1 import pipeline_pb2, state_pb2
 from phoenixcp.cli.remote import (
-    EXIT_FAILED,
-    CliError,
     Target,
     as_json,
     call_pipeline,
     print_json,
-    report_rpc_error,
+    run_remote,
 )
+from phoenixcp.cli.table import table_lines
 
 if TYPE_CHECKING:
     from phoenixcp.api.phoenix.v1.pipeline_pb2_grpc import PipelineServiceAsyncStub as Stub
@@ -62,9 +58,7 @@ def _print_profiles(profiles: list[state_pb2.Profile], active: list[state_pb2.Ac
     for p in profiles:
         rows.append((p.name, "yes" if p.builtin else "no", str(len(p.policies)),
                      ", ".join(users.get(p.name, [])) or "-", p.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table_lines(rows)))
 
 
 async def _set(stub: Stub, name: str, tenant: str, reason: str) -> int:
@@ -78,20 +72,13 @@ async def _set(stub: Stub, name: str, tenant: str, reason: str) -> int:
 
 def run_profile(args: argparse.Namespace) -> int:
     """Run ``phoenixctl profile <action>`` as parsed in main.py; returns the exit code."""
-    command = f"profile {args.action}"
-    try:
-        target = Target.find(args.state_dir, args.address)
+
+    def work(target: Target) -> int:
         if args.action == "list":
             profiles, active = asyncio.run(call_pipeline(target, _list))
             _print_profiles(profiles, active, args.output)
             return 0
         return asyncio.run(call_pipeline(target, lambda s: _set(
             s, args.name, args.tenant or "", args.reason)))
-    except CliError as exc:
-        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
-        return exc.code
-    except grpc.aio.AioRpcError as exc:
-        return report_rpc_error(command, exc)
-    except OSError as exc:
-        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+
+    return run_remote(f"profile {args.action}", args.state_dir, args.address, work)

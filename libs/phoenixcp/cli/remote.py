@@ -42,6 +42,7 @@ __all__ = [
     "load_policies",
     "print_json",
     "report_rpc_error",
+    "run_remote",
 ]
 
 EXIT_FAILED = 1
@@ -88,6 +89,22 @@ async def call_pipeline(target: Target, work: Callable[[Stub], Awaitable[T]]) ->
     """Run ``work`` with a PipelineService stub on an mTLS channel to ``target``."""
     async with secure_channel(target.address, target.bundle) as channel:
         return await work(pipeline_pb2_grpc.PipelineServiceStub(channel))
+
+
+def run_remote(command: str, state_dir: Path, address: str | None,
+               work: Callable[[Target], int]) -> int:
+    """Find the pipeline replica and run ``work`` against it; map what can go wrong to a
+    message on stderr and the exit code (2 invalid input, 1 anything else)."""
+    try:
+        return work(Target.find(state_dir, address))
+    except CliError as exc:
+        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
+        return exc.code
+    except grpc.aio.AioRpcError as exc:
+        return report_rpc_error(command, exc)
+    except OSError as exc:
+        print(f"phoenixctl {command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def report_rpc_error(command: str, exc: grpc.aio.AioRpcError) -> int:

@@ -12,6 +12,7 @@ import grpc
 
 from phoenixcp.api.phoenix.v1 import replica_pb2, replica_pb2_grpc
 from phoenixcp.cli.stack import operator_bundle, read_endpoints
+from phoenixcp.cli.table import table_lines
 from phoenixcp.platform.rpc import health_status, secure_channel
 from phoenixcp.platform.tls import CertBundle
 
@@ -66,8 +67,6 @@ def run_status(*, state_dir: Path, output: str) -> int:
             for r in replicas:
                 leader = {True: "yes", False: "no", None: "-"}[r["leader"]]
                 rows.append((name, r["grpc"] or "-", r["health"], leader))
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        for row in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        print("\n".join(table_lines(rows)))
     healthy = all(r["health"] == "SERVING" for rs in status["services"].values() for r in rs)
     return 0 if healthy else 3

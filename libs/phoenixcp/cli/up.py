@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from phoenixcp.cli.stack import ENDPOINTS_FILE, Backend, LocalStack, read_endpoints
+from phoenixcp.cli.table import table_lines
 from phoenixcp.errors import PhoenixError, StartupError
 
 __all__ = ["run_up"]
@@ -111,9 +112,7 @@ def _table(stack: LocalStack, seconds: float) -> str:
     for name, replicas in endpoints["services"].items():
         for r in replicas:
             rows.append((name, r["replica"], r["grpc"], r["metrics"], str(r["pid"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = table_lines(rows)
     tls = endpoints["tls"]
     return "\n".join([
         f"Phoenix is up in {seconds:.1f}s (state dir {stack.state_dir})",
