@@ -142,15 +142,11 @@ class _Tenant:
 
 
 def _points_per_series(batch: MetricBatch) -> npt.NDArray[np.int64]:
-    spans = getattr(batch, "series_spans", None)
-    if spans is not None and len(spans) == batch.series_count:
+    spans = batch.series_spans
+    if len(spans) == batch.series_count:
         return np.asarray(spans[:, 2], dtype=np.int64)
     cols = batch.columns()
     return np.bincount(cols.series_index, minlength=batch.series_count).astype(np.int64)
-
-
-def _subset(batch: MetricBatch, index: npt.NDArray[np.intp]) -> MetricBatch:
-    return batch.subset(index)
 
 
 _PASS = Route(Code.PASS, "")
@@ -215,8 +211,7 @@ class PolicyEngine:
                 self.plan_changes += 1
             tenant.profile = profile
             log.info("policies applied", extra={"fields": {
-                "tenant": tenant.name, "profile": profile, "policies": len(policies),
-                "unsupported": plan.unsupported}})
+                "tenant": tenant.name, "profile": profile, "policies": len(policies)}})
         tenant.shadows = self._shadow_plans(tenant, profile, tenant.shadows)
 
     def _shadow_plans(self, tenant: _Tenant, active: str,
@@ -297,14 +292,14 @@ class PolicyEngine:
             tenant.window.tally.dropped += tally.dropped - before[2]
         passthrough = None
         if len(passing):
-            passthrough = batch if len(passing) == len(codes) else _subset(batch, passing)
+            passthrough = batch if len(passing) == len(codes) else batch.subset(passing)
         return Outcome(passthrough, tally)
 
     def _learn(self, tenant: _Tenant, batch: MetricBatch) -> Lookup:
         """Find the batch's series; decode the labels of those never seen (only those) and
         the batch's metadata types."""
         if batch.metadata_count:
-            types = _subset(batch, np.empty(0, dtype=np.intp)).columns().metric_types
+            types = batch.subset(np.empty(0, dtype=np.intp)).columns().metric_types
             if any(tenant.kinds.get(n) != t for n, t in types.items()):
                 tenant.kinds.update(types)
                 tenant.kind_cache.clear()
@@ -510,5 +505,5 @@ class PolicyEngine:
 
     def _rejections(self, tenant: str) -> tuple[tuple[str, str, tuple[tuple[str, str], ...]],
                                                 ...]:
-        found = getattr(self._source, "rejections", ()) if self._source is not None else ()
+        found = self._source.rejections if self._source is not None else ()
         return tuple((t, name, tuple(v)) for t, name, v in found if t in ("", tenant))

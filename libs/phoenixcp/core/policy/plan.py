@@ -243,7 +243,6 @@ class Plan:
         self._tk: list[_TopKState] = []
         self._caps: list[_CapState] = []
         self._c = _Compiled()
-        self.unsupported: list[str] = []
         for p in self.policies:
             match p.action:
                 case Classify():
