@@ -133,6 +133,7 @@ class _Tenant:
     handover: dict[int, Route] = field(default_factory=dict)
     """Series just promoted by a top-K, with the ``other`` route their next point also feeds."""
     kind_cache: dict[str, MetricKind] = field(default_factory=dict)
+    last_metadata: bytes = b""
 
     def kind(self, name: str) -> MetricKind:
         found = self.kind_cache.get(name)
@@ -298,7 +299,9 @@ class PolicyEngine:
     def _learn(self, tenant: _Tenant, batch: MetricBatch) -> Lookup:
         """Find the batch's series; decode the labels of those never seen (only those) and
         the batch's metadata types."""
-        if batch.metadata_count:
+        if batch.metadata_count and batch.other_fields != tenant.last_metadata:
+            # Senders repeat the same metadata request after request: parse it once.
+            tenant.last_metadata = batch.other_fields
             types = batch.subset(np.empty(0, dtype=np.intp)).columns().metric_types
             if any(tenant.kinds.get(n) != t for n, t in types.items()):
                 tenant.kinds.update(types)
