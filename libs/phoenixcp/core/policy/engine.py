@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
-from phoenixcp.core.policy.index import Lookup, SeriesIndex
+from phoenixcp.core.policy.index import SeriesIndex
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
 from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
 from phoenixcp.core.policy.routes import RouteTable
@@ -260,18 +260,18 @@ class PolicyEngine:
         keys = batch.series_keys
         points = _points_per_series(batch)
         tally = PointTally(received=batch.sample_count, accepted=batch.sample_count)
-        look = self._learn(tenant, batch)
-        tenant.index.count(look, points)
+        slots = self._learn(tenant, batch)
+        tenant.index.count(slots, points)
         tenant.window.tally.add(tally)
         if tenant.plan.empty:
             return Outcome(batch, tally)
-        ids = tenant.index.routes_of(look)
+        ids = tenant.index.route[slots]
         unrouted = np.flatnonzero(ids < 0)
         if len(unrouted):
             key_list = keys[unrouted].tolist()
             for i, key in zip(unrouted.tolist(), key_list, strict=True):
                 route_id = tenant.table.id(self._route(tenant, key, now_ms))
-                tenant.index.set_route(look, i, route_id)
+                tenant.index.route[slots[i]] = route_id
                 ids[i] = route_id
         codes = tenant.table.codes(ids)
         if not codes.any():
@@ -296,9 +296,9 @@ class PolicyEngine:
             passthrough = batch if len(passing) == len(codes) else batch.subset(passing)
         return Outcome(passthrough, tally)
 
-    def _learn(self, tenant: _Tenant, batch: MetricBatch) -> Lookup:
-        """Find the batch's series; decode the labels of those never seen (only those) and
-        the batch's metadata types."""
+    def _learn(self, tenant: _Tenant, batch: MetricBatch) -> npt.NDArray[np.int64]:
+        """The index slots of the batch's series; decodes the labels of those never seen
+        (only those) and the batch's metadata types."""
         if batch.metadata_count and batch.other_fields != tenant.last_metadata:
             # Senders repeat the same metadata request after request: parse it once.
             tenant.last_metadata = batch.other_fields
@@ -307,17 +307,15 @@ class PolicyEngine:
                 tenant.kinds.update(types)
                 tenant.kind_cache.clear()
         index = tenant.index
-        look = index.find(batch.series_keys)
-        new = np.flatnonzero((look.pos < 0) & (look.side < 0))
+        slots = index.find(batch.series_keys)
+        new = np.flatnonzero(slots < 0)
         if len(new):
-            new_keys = batch.series_keys[new].tolist()
+            new_keys = batch.series_keys[new]
             catalog = tenant.catalog
-            for key, labels in zip(new_keys, batch.label_sets(new), strict=True):
+            for key, labels in zip(new_keys.tolist(), batch.label_sets(new), strict=True):
                 catalog[key] = labels
-            look.side[new] = index.add(new_keys)
-            if index.settle():
-                look = index.find(batch.series_keys)
-        return look
+            slots[new] = index.add(new_keys)
+        return slots
 
     def _route(self, tenant: _Tenant, key: int, now_ms: int) -> Route:
         labels = tenant.catalog[key]
@@ -416,7 +414,6 @@ class PolicyEngine:
         if not moved:
             return
         index, table = tenant.index, tenant.table
-        index.settle(force=True)
         stale: list[int] = []
         plain: list[int] = []
         for route_id, r in enumerate(table.routes):
