@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -146,6 +146,29 @@ def test_cap_keeps_the_first_series_and_overflow_carries_the_rest_exactly() -> N
     assert dict(labels) == {"__name__": "http_requests_total", OVERFLOW_LABEL: "true",
                             REPLICA_LABEL: "r1"}
     assert sum(kept.values()) + total == sum(values)
+
+
+def test_a_capped_series_that_keeps_sending_keeps_its_place_past_the_idle_timeout() -> None:
+    """Windows refresh the cap places of the series they saw; a place frees only when its
+    series falls silent for the cap's idle_timeout."""
+    clock = Clock()
+    engine = engine_with(PolicySpec(id="cap1", action=Cap(max_series=1,
+                                                          idle_timeout=timedelta(seconds=30))),
+                         clock=clock)
+    for step in range(6):  # u1 sends for 60 s, a window every 10 s
+        out = engine.process(batch([req(1, float(step))], clock.ms))
+        assert len(parsed(out.passthrough)) == 1
+        clock.ms += 10_000
+        engine.close_window()
+    late = engine.process(batch([req(1, 9.0), req(2, 1.0)], clock.ms))
+    assert [dict(k)["user_id"] for k in parsed(late.passthrough)] == ["u1"]
+    assert late.tally.overflowed == 1
+    for _ in range(5):  # u1 falls silent: 30 s after the window that last saw it, its place
+        # frees and a newcomer takes it (u2 stays in overflow: decisions are sticky)
+        clock.ms += 10_000
+        engine.close_window()
+    fresh = engine.process(batch([req(3, 1.0)], clock.ms))
+    assert [dict(k)["user_id"] for k in parsed(fresh.passthrough)] == ["u3"]
 
 
 def test_critical_series_survive_every_policy() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -64,6 +64,19 @@ class SeriesCap:
             return True
         state.overflowed[series] = now_ms
         return False
+
+    def touch(self, scope: Hashable, series: Iterable[Hashable], now_ms: int) -> None:
+        """Mark ``series`` (already admitted or overflowed) as alive at ``now_ms``, keeping
+        their decisions; series the cap does not hold are ignored."""
+        state = self._scopes.get(scope)
+        if state is None:
+            return
+        admitted, overflowed = state.admitted, state.overflowed
+        for s in series:
+            if s in admitted:
+                admitted[s] = now_ms
+            elif s in overflowed:
+                overflowed[s] = now_ms
 
     def expire(self, now_ms: int) -> int:
         """Forget series silent for ``idle_timeout``; returns how many were forgotten."""

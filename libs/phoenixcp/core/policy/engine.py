@@ -479,9 +479,7 @@ class PolicyEngine:
                 key = int(keys[i])
                 if key in tenant.catalog:
                     ids[i] = index.route[pos[i]] = table.id(self._route(tenant, key, now_ms))
-            for i, route_id in enumerate(ids.tolist()):
-                if route_id >= 0:
-                    plan.touch(table.routes[route_id], int(keys[i]), now_ms)
+            self._touch(tenant, keys, ids, now_ms)
             ids = np.maximum(ids, 0)
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
         builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
@@ -502,6 +500,21 @@ class PolicyEngine:
             metrics=metrics, counts=window.tally,
             batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64),
             rejected_policies=self._rejections(tenant.name))
+
+    @staticmethod
+    def _touch(tenant: _Tenant, keys: npt.NDArray[np.uint64], ids: npt.NDArray[np.int32],
+               now_ms: int) -> None:
+        """Keep the cap places of the window's series, a call per route."""
+        routes = tenant.table.routes
+        with_caps = np.fromiter((bool(r.caps) for r in routes), dtype=bool, count=len(routes))
+        picked = np.flatnonzero((ids >= 0) & with_caps[np.maximum(ids, 0)])
+        if not len(picked):
+            return
+        order = picked[np.argsort(ids[picked], kind="stable")]
+        route_ids, starts = np.unique(ids[order], return_index=True)
+        for route_id, chunk in zip(route_ids.tolist(), np.split(keys[order], starts[1:]),
+                                   strict=True):
+            tenant.plan.touch(routes[route_id], chunk.tolist(), now_ms)
 
     def _rejections(self, tenant: str) -> tuple[tuple[str, str, tuple[tuple[str, str], ...]],
                                                 ...]:

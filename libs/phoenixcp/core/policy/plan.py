@@ -498,10 +498,12 @@ class Plan:
                 rollup = None if roll is None else (p, roll)
         return priority, rollup
 
-    def touch(self, route: Route, key: int, now_ms: int) -> None:
-        """Mark series ``key`` as alive for its caps (once per window per series seen)."""
+    def touch(self, route: Route, keys: list[int], now_ms: int) -> None:
+        """Mark the series ``keys``, all routed by ``route``, as alive for its caps (once per
+        window per series seen)."""
         for index, scope, identity in route.caps:
-            self._caps[index].cap.admit(scope, key if identity is None else identity, now_ms)
+            self._caps[index].cap.touch(scope, keys if identity is None else (identity,),
+                                        now_ms)
 
     def weigh(self, route: Route, key: int, value: float) -> None:
         """Count one point of the top-K ranked series ``key`` towards its rank."""
