@@ -268,11 +268,9 @@ class PolicyEngine:
         ids = tenant.index.route[slots]
         unrouted = np.flatnonzero(ids < 0)
         if len(unrouted):
-            key_list = keys[unrouted].tolist()
-            for i, key in zip(unrouted.tolist(), key_list, strict=True):
-                route_id = tenant.table.id(self._route(tenant, key, now_ms))
-                tenant.index.route[slots[i]] = route_id
-                ids[i] = route_id
+            routed = self._route_all(tenant, keys[unrouted].tolist(), now_ms)
+            tenant.index.route[slots[unrouted]] = routed
+            ids[unrouted] = routed
         codes = tenant.table.codes(ids)
         if not codes.any():
             return Outcome(batch, tally)
@@ -316,6 +314,18 @@ class PolicyEngine:
                 catalog[key] = labels
             slots[new] = index.add(new_keys)
         return slots
+
+    def _route_all(self, tenant: _Tenant, keys: list[int], now_ms: int
+                   ) -> npt.NDArray[np.int32]:
+        """Route ids of the series ``keys`` (in the catalog), routed afresh."""
+        catalog, route, table_id = tenant.catalog, tenant.plan.route, tenant.table.id
+        kinds, kind = tenant.kind_cache, tenant.kind
+        out = []
+        for key in keys:
+            labels = catalog[key]
+            name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
+            out.append(table_id(route(labels, kinds.get(name) or kind(name), now_ms, key)))
+        return np.asarray(out, dtype=np.int32)
 
     def _route(self, tenant: _Tenant, key: int, now_ms: int) -> Route:
         labels = tenant.catalog[key]

@@ -217,8 +217,8 @@ class _Compiled:
     """The aggregate's label names kept (``reduce_by``) or removed."""
     reduce_by: bool = False
 
-    def __bool__(self) -> bool:
-        return bool(self.classify or self.drop or self.aggregate or self.top_k or self.cap)
+    active: bool = False
+    """Some policy may apply (set once the lists are filled)."""
 
 
 _CACHE_MAX = 65_536
@@ -281,9 +281,10 @@ class Plan:
         return not self.policies
 
     def _for_name(self, name: str, kind: MetricKind) -> _Compiled:
-        by_kind = self._by_name.get(kind.value)
+        # `_value_`, not `value`: the enum property costs a Python call per series.
+        by_kind = self._by_name.get(kind._value_)
         if by_kind is None:
-            by_kind = self._by_name[kind.value] = {}
+            by_kind = self._by_name[kind._value_] = {}
         found = by_kind.get(name)
         if found is None:
             def ok(p: PolicySpec) -> bool:
@@ -298,6 +299,8 @@ class Plan:
                 aggregate=[(p, r) for p, r in c.aggregate if ok(p)],
                 top_k=[(i, t) for i, t in c.top_k if ok(t.policy)],
                 cap=[(i, s) for i, s in c.cap if ok(s.policy)])
+            found.active = bool(found.classify or found.drop or found.aggregate
+                                or found.top_k or found.cap)
             found.aggregate_only = len(found.aggregate) == 1 and not (
                 found.classify or found.drop or found.top_k or found.cap) and all(
                 p.enforced and not p.match.matchers for p, _ in found.aggregate)
@@ -352,14 +355,22 @@ class Plan:
         name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else \
             dict(labels).get(METRIC_NAME_LABEL, "")
         c = self._for_name(name, kind)
-        if not c:
+        if not c.active:
             return self._shared(Route(Code.PASS, name))
         if c.caps_only and key is not None:
-            decisions = tuple(
-                s.cap.admit(name if s.action.scope is CapScope.PER_METRIC else "", key, now_ms)
-                for _, s in c.cap)
-            # The overflow series keeps `le`/`quantile`: they are part of the memo key.
-            memo_key = (decisions, tuple(v for n, v in labels if n in _KEEP_UNDER_OVERFLOW))
+            if len(c.cap) == 1:
+                s = c.cap[0][1]
+                decisions: tuple[bool, ...] = (s.cap.admit(
+                    name if s.action.scope is CapScope.PER_METRIC else "", key, now_ms),)
+            else:
+                decisions = tuple(
+                    s.cap.admit(name if s.action.scope is CapScope.PER_METRIC else "", key,
+                                now_ms)
+                    for _, s in c.cap)
+            # The overflow series keeps `le`/`quantile`: they are part of the memo key of a
+            # series some cap refuses (an admitted one's route depends only on its name).
+            memo_key = (decisions, () if all(decisions) else
+                        tuple(v for n, v in labels if n in _KEEP_UNDER_OVERFLOW))
             found = c.memo.get(memo_key)
             if found is None:
                 found = c.memo[memo_key] = self._route(labels, name, c, kind, now_ms, key)
