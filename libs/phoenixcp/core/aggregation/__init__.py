@@ -14,6 +14,10 @@ gauge, summary quantile           :class:`GaugeMerger` (sum, avg, min, max, last
 
 Every merger has ``observe(group, series, timestamp_ms, value) -> bool`` and
 ``flush(now_ms) -> list[MergedPoint]``. docs/adr/0007-merge-semantics.md explains why.
+:class:`CumulativeMerger` and :class:`GaugeMerger` also take whole batches:
+``group_id(group) -> int`` (not to be kept across a ``flush``/``close``) and
+``observe_many(gids, series, timestamps_ms, values) -> bool array``; their state lives in C
+hash tables (``_mergecore``, docs/adr/0009-merge-state-in-c.md) when the extension is built.
 None of these classes is thread-safe: one owner (one replica's policy stage) calls them.
 """
 
