@@ -150,7 +150,9 @@ def _points_per_series(batch: MetricBatch) -> npt.NDArray[np.int64]:
     return np.bincount(cols.series_index, minlength=batch.series_count).astype(np.int64)
 
 
-_PASS = Route(Code.PASS, "")
+# Plain ints for numpy comparisons (an IntEnum member costs Python calls in each one).
+_OBSERVE, _DROP, _MERGE, _WATCH = (int(c) for c in (Code.OBSERVE, Code.DROP, Code.MERGE,
+                                                     Code.WATCH))
 
 
 class PolicyEngine:
@@ -277,10 +279,10 @@ class PolicyEngine:
         if batch.histogram_count:
             # Native histograms are not merged (ADR 0007): such series pass unchanged.
             native = np.asarray(batch.series_spans[:, 3] > 0)
-            codes[native & (codes >= Code.MERGE)] = Code.OBSERVE
-        passing = np.flatnonzero((codes <= Code.OBSERVE) | (codes == Code.WATCH))
-        merging = np.flatnonzero(codes >= Code.MERGE)
-        dropped = int(points[codes == Code.DROP].sum())
+            codes[native & (codes >= _MERGE)] = _OBSERVE
+        passing = np.flatnonzero((codes <= _OBSERVE) | (codes == _WATCH))
+        merging = np.flatnonzero(codes >= _MERGE)
+        dropped = int(points[codes == _DROP].sum())
         tally.dropped += dropped
         tenant.window.tally.dropped += dropped
         if len(merging):
@@ -350,39 +352,92 @@ class PolicyEngine:
 
     def _merge(self, tenant: _Tenant, batch: MetricBatch, merging: npt.NDArray[np.intp],
                ids: npt.NDArray[np.int32], tally: PointTally) -> None:
+        """Feed the merged series' points to their targets' mergers: one ``observe_many``
+        call per merger for the batch, a Python step per distinct route (not per point);
+        points of top-K ranked series take :meth:`_merge_ranked`."""
         series_index, timestamps, values = batch.samples(merging)
+        if not len(series_index):
+            return
         now_ms = self._clock()
         routes = tenant.table.routes
-        key_list = batch.series_keys[merging].tolist()
-        targets: list[tuple[Callable[..., bool] | None, Route, int]] = []
-        for route_id, key in zip(ids[merging].tolist(), key_list, strict=True):
+        distinct, inverse = np.unique(ids[merging][series_index], return_inverse=True)
+        count = len(distinct)
+        merger_of = np.full(count, -1, dtype=np.int32)  # -1: a top-K ranked route
+        gid_of = np.zeros(count, dtype=np.int32)
+        overflow_of = np.zeros(count, dtype=bool)
+        cumulative_of = np.zeros(count, dtype=bool)
+        mergers: list[CumulativeMerger | GaugeMerger] = []
+        numbered: dict[int, int] = {}
+        for j, route_id in enumerate(distinct.tolist()):
             route = routes[route_id]
-            if route.target is None:  # WATCH: passes, only read for its rank
-                targets.append((None, route, key))
+            if route.topk is not None or route.target is None:
                 continue
             target = self._target(tenant.name, route.target, now_ms)
-            merger = target.cumulative if route.cumulative else target.gauge
-            targets.append((merger.observe, route, key))
+            merger: CumulativeMerger | GaugeMerger = (
+                target.cumulative if route.cumulative else target.gauge)
+            m = numbered.get(id(merger))
+            if m is None:
+                m = numbered[id(merger)] = len(mergers)
+                mergers.append(merger)
+            merger_of[j] = m
+            gid_of[j] = merger.group_id(route.group)
+            overflow_of[j] = route.overflow
+            cumulative_of[j] = route.cumulative
+        keys = batch.series_keys[merging][series_index]
+        sample_merger = merger_of[inverse]
+        gids = gid_of[inverse]
+        accepted = np.zeros(len(inverse), dtype=bool)
+        for m, merger in enumerate(mergers):
+            picked = np.flatnonzero(sample_merger == m)  # in order: a series' points too
+            accepted[picked] = merger.observe_many(gids[picked], keys[picked],
+                                                   timestamps[picked], values[picked])
+        plain = sample_merger >= 0
+        overflow = overflow_of[inverse]
+        merged = int(np.count_nonzero(accepted & ~overflow))
+        overflowed = int(np.count_nonzero(accepted & overflow))
+        # A cumulative merger ignores staleness markers (NaN): those are not refusals.
+        refused = int(np.count_nonzero(
+            plain & ~accepted & ~(cumulative_of[inverse] & np.isnan(values))))
+        last = tenant.window.last_values
+        last.update(zip(keys[plain].tolist(), values[plain].tolist(), strict=True))
+        ranked = np.flatnonzero(~plain)
+        if len(ranked):
+            route_ids = distinct[inverse[ranked]]
+            more = self._merge_ranked(tenant, route_ids, keys[ranked], timestamps[ranked],
+                                      values[ranked], now_ms)
+            merged, overflowed, refused = (merged + more[0], overflowed + more[1],
+                                           refused + more[2])
+        tally.merged += merged
+        tally.overflowed += overflowed
+        tally.dropped += refused
+
+    def _merge_ranked(self, tenant: _Tenant, route_ids: npt.NDArray[np.int32],
+                      keys: npt.NDArray[np.uint64], timestamps: npt.NDArray[np.int64],
+                      values: npt.NDArray[np.float64], now_ms: int) -> tuple[int, int, int]:
+        """Points of top-K ranked series, one by one: each weighs towards its series' rank,
+        a kept (WATCH) series is only watched, a promoted one feeds ``other`` once more.
+        Returns (merged, overflowed, refused)."""
+        routes = tenant.table.routes
         refused = merged = overflowed = 0
         last = tenant.window.last_values
         watched = tenant.watched
         plan = tenant.plan
-        for s, ts, value in zip(series_index.tolist(), timestamps.tolist(),
-                                values.tolist(), strict=True):
-            observe, route, key = targets[s]
-            if route.topk is not None:
-                plan.weigh(route, key, value)
-                if observe is None:
-                    previous = tenant.handover.pop(key, None) if tenant.handover else None
-                    if previous is not None and previous.target is not None:
-                        old = self._target(tenant.name, previous.target, now_ms)
-                        (old.cumulative if previous.cumulative else old.gauge).observe(
-                            previous.group, key, ts, value)
-                    watched[key] = (ts, value)
-                    last[key] = value
-                    continue
-            assert observe is not None
-            if observe(route.group, key, ts, value):
+        for route_id, key, ts, value in zip(route_ids.tolist(), keys.tolist(),
+                                            timestamps.tolist(), values.tolist(), strict=True):
+            route = routes[route_id]
+            plan.weigh(route, key, value)
+            if route.target is None:  # WATCH: passes, only read for its rank
+                previous = tenant.handover.pop(key, None) if tenant.handover else None
+                if previous is not None and previous.target is not None:
+                    old = self._target(tenant.name, previous.target, now_ms)
+                    (old.cumulative if previous.cumulative else old.gauge).observe(
+                        previous.group, key, ts, value)
+                watched[key] = (ts, value)
+                last[key] = value
+                continue
+            target = self._target(tenant.name, route.target, now_ms)
+            merger = target.cumulative if route.cumulative else target.gauge
+            if merger.observe(route.group, key, ts, value):
                 if route.overflow:
                     overflowed += 1
                 else:
@@ -390,9 +445,7 @@ class PolicyEngine:
             elif not (route.cumulative and math.isnan(value)):
                 refused += 1
             last[key] = value
-        tally.merged += merged
-        tally.overflowed += overflowed
-        tally.dropped += refused
+        return merged, overflowed, refused
 
     def flush(self, *, force: bool = False) -> list[MergedOutput]:
         """Merged points due now (every target on its own interval; all with ``force``),
