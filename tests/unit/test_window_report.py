@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phoenixcp.api.phoenix.v1 import common_pb2, state_pb2, telemetry_pb2
+from phoenixcp.core.policy.window import SeriesColumns
 from phoenixcp.core.sketches import MAX_HASH, hll_estimate, hll_union
 from phoenixcp.platform.telemetry import (
     bottom_k_from_proto,
@@ -13,7 +19,15 @@ from phoenixcp.platform.telemetry import (
     quantile_sketch_from_proto,
     quantile_sketch_to_proto,
 )
-from tests.unit._window_support import PROFILES, START_MS, tenant_snapshot
+from phoenixcp.platform.telemetry.window_report import (
+    _SERIES_TAG,
+    ReportCache,
+    _field,
+    _series_prefix,
+    _series_tails,
+    encode_reports,
+)
+from tests.unit._window_support import PROFILES, START_MS, metric_snapshot, tenant_snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -157,3 +171,54 @@ def test_a_ddsketch_round_trips_through_its_message() -> None:
     assert quantile_sketch_to_proto(quantile_sketch_from_proto(message)) == message
     unset = quantile_sketch_from_proto(common_pb2.DDSketch())
     assert unset.count == 0 and unset.quantile(0.5) is None
+
+
+_label = st.tuples(st.sampled_from(["__name__", "job", "a", "zone", "ä"]),
+                   st.text(max_size=40) | st.sampled_from(["", "x" * 200]))
+_series = st.tuples(
+    st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2**64 - 1]),
+    st.lists(_label, max_size=6, unique_by=lambda lb: lb[0]),
+    st.integers(0, 2**40) | st.integers(0, 130),
+    st.floats(allow_nan=True) | st.sampled_from([0.0, -0.0, math.inf, math.nan]),
+    st.integers(0, 4))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(series=st.lists(_series, max_size=20), small=st.booleans())
+def test_sampled_series_are_encoded_as_the_generated_code_encodes_them(
+        series: list[tuple[int, list[tuple[str, str]], int, float, int]], small: bool) -> None:
+    if small:  # every varint one byte: the array path
+        series = [(k, lb, p % 128, v, c) for k, lb, p, v, c in series]
+    columns = SeriesColumns(
+        np.array([s[0] for s in series], dtype=np.uint64), [tuple(s[1]) for s in series],
+        np.array([s[2] for s in series], dtype=np.int64),
+        np.array([s[3] for s in series], dtype=np.float64),
+        np.array([s[4] for s in series], dtype=np.int8))
+    ours = b"".join(_field(_SERIES_TAG, _series_prefix(key, labels) + tail)
+                    for key, labels, tail in zip(columns.keys.tolist(), columns.labels,
+                                                 _series_tails(columns), strict=True))
+    theirs = telemetry_pb2.SeriesSample(series=[telemetry_pb2.SampledSeries(
+        series_hash=key, points=points, last_value=value,
+        priority_class=common_pb2.PriorityClass.ValueType(priority),
+        labels=[common_pb2.Label(name=n, value=v) for n, v in sorted(labels)
+                if n != "__name__"]) for key, labels, points, value, priority in series])
+    assert ours == theirs.SerializeToString()
+
+
+def test_the_cache_and_the_serialised_form_change_nothing() -> None:
+    """Window after window (metrics the same, changed, gone, back), the reports built with a
+    reporter's cache equal those built without, and encode_reports is build_reports."""
+    cache, encoded_cache = ReportCache(), ReportCache()
+    base = tenant_snapshot(metrics=4, series_per_metric=600)
+    changed = metric_snapshot("http_requests_1_total", 700, seed=9)
+    windows = [base, base,
+               dataclasses.replace(base, metrics=(base.metrics[0], changed, *base.metrics[2:])),
+               dataclasses.replace(base, metrics=base.metrics[:2]), base, base]
+    for number, window in enumerate(windows):
+        window = dataclasses.replace(window, start_ms=START_MS + 10_000 * number)
+        plain = build_reports(window, max_bytes=60_000)
+        assert len(plain) > 1
+        assert build_reports(window, max_bytes=60_000, cache=cache) == plain
+        encoded = encode_reports(window, max_bytes=60_000, cache=encoded_cache)
+        assert [telemetry_pb2.WindowReport.FromString(b) for b in encoded] == plain
+        assert all(len(b) <= 60_000 for b in encoded)

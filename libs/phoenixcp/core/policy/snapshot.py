@@ -2,23 +2,29 @@
 
 The work is per distinct series of the window, on arrays: series are grouped by metric with
 one sort, counts come from ``bincount`` over route codes, each profile's output keys from its
-routes. Python touches each series once (to find its metric and label pairs) and builds
-objects only for the sample (the ``sample_k`` smallest keys per metric).
+routes. What depends on a series' labels alone (its metric, its labels, the ids of its label
+pairs) is kept across windows in a :class:`SeriesMemo` aligned with the index slots, so a
+series costs Python work (a catalog lookup) only in the first window it is seen; objects are
+built only for the sample (the ``sample_k`` smallest keys per metric) and for the distinct
+label pairs of a metric whose series changed.
 
 Shadow routes (what every other profile would have done) are kept per series in the index
 (a ``uint64`` column per profile: 8 bytes per series); at most ``shadow_budget`` new series
 per profile, and at most ``shadow_seconds`` of CPU for all profiles together (50 ms, shared
-equally), are
-routed per window, so neither a start nor a series bomb can turn the window close into
-seconds of work — the shadow figures then cover the series routed so far, the rest fill in
-over the next windows, and :attr:`SnapshotBuilder.unrouted` says how many were left out.
+equally), are routed per window, so neither a start nor a series bomb can turn the window
+close into seconds of work — the shadow figures then cover the series routed so far, the
+rest fill in over the next windows, and :attr:`SnapshotBuilder.unrouted` says how many were
+left out.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,9 +32,9 @@ import numpy.typing as npt
 from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.policy.model import MetricKind, PriorityClass
 from phoenixcp.core.policy.plan import Code, Plan, Route
-from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally, SeriesSeen
+from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally, SeriesColumns
 
-__all__ = ["SnapshotBuilder"]
+__all__ = ["SeriesMemo", "SnapshotBuilder", "memo_for"]
 
 _DROPPED = np.uint64(1)
 _SAME = np.uint64(0)
@@ -37,13 +43,19 @@ _FLUSH_MS = 15_000
 
 
 class SnapshotBuilder:
-    """Builds the :class:`MetricSnapshot` values of one tenant's window."""
+    """Builds the :class:`MetricSnapshot` values of one tenant's window.
+
+    ``memo`` is the tenant's :class:`SeriesMemo`; without one, the memo of ``catalog`` (by
+    identity) from :func:`memo_for` is used, so a caller that makes a builder per window and
+    hands it the same catalog still pays for a series only in the first window it is seen.
+    """
 
     def __init__(self, *, active: str,
                  shadows: Mapping[str, tuple[Plan, npt.NDArray[np.uint64]]],
                  positions: npt.NDArray[np.intp], kind: Callable[[str], MetricKind],
                  last_values: Mapping[int, float], now_ms: int, shadow_budget: int,
-                 sample_k: int = 256, shadow_seconds: float = 0.05) -> None:
+                 sample_k: int = 256, shadow_seconds: float = 0.05,
+                 memo: SeriesMemo | None = None) -> None:
         self._active = active
         self._shadows = shadows
         self._positions = positions
@@ -53,22 +65,22 @@ class SnapshotBuilder:
         self._budget = shadow_budget
         self._share = shadow_seconds / max(1, len(shadows))
         self._k = sample_k
+        self._memo = memo
         self.unrouted = 0
         """Series left out of shadow accounting in this window (over the budget)."""
 
     def build(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64],
               route_ids: npt.NDArray[np.int32], routes: Sequence[Route],
               catalog: Mapping[int, LabelSet], window_ms: int) -> tuple[MetricSnapshot, ...]:
-        """``keys`` ascending with their window ``points`` and ``route_ids`` into ``routes``
-        (every id valid)."""
-        key_list = keys.tolist()
-        labels = [catalog.get(k) for k in key_list]
-        metric_of: dict[str, int] = {}
-        mids = np.fromiter(
-            (metric_of.setdefault(lb[0][1] if lb else "", len(metric_of)) for lb in labels),
-            dtype=np.int64, count=len(labels))
-        names = list(metric_of)
-        known = np.fromiter((lb is not None for lb in labels), dtype=bool, count=len(labels))
+        """``keys`` (in index slot order, ``positions`` their slots) with their window
+        ``points`` and ``route_ids`` into ``routes`` (every id valid); ``catalog`` holds the
+        labels of (at least) the series the memo does not know yet: a series in neither is
+        left out. Metrics come in the order of their smallest key, each one's series (and
+        sample) ascending by key."""
+        memo = self._memo if self._memo is not None else memo_for(catalog)
+        rows = memo.rows(keys, self._positions, catalog)
+        known = rows >= 0
+        mids, names, order, bounds = memo.grouping(keys, rows)
         code = np.fromiter((r.code for r in routes), dtype=np.int8, count=len(routes))
         over = np.fromiter((r.overflow for r in routes), dtype=bool, count=len(routes))
         group = np.fromiter((r.group_key for r in routes), dtype=np.uint64, count=len(routes))
@@ -94,49 +106,69 @@ class SnapshotBuilder:
         passing[self._active] = known & ~merged & ~dropped
         live = {self._active: known & ~dropped}
         for profile, (plan, column) in self._shadows.items():
-            codes = self._shadow_codes(plan, column, key_list, labels)
+            codes = self._shadow_codes(plan, column, keys, rows, memo)
             outputs[profile] = np.where(codes == _SAME, keys, codes)
             passing[profile] = known & (codes == _SAME)
             live[profile] = known & (codes != _DROPPED) & (codes != _UNKNOWN)
 
-        order = np.argsort(mids, kind="stable")  # keys stay ascending within a metric
-        bounds = np.searchsorted(mids[order], np.arange(n_metrics + 1))
         tallies = self._tallies(mids, route_ids, points, routes, known)
         flushes = max(1, window_ms // _FLUSH_MS)
+        if not known.all():  # series with no labels are left out (metric runs in order)
+            order = order[known[order]]
+            bounds = [0, *np.cumsum(np.bincount(mids[known], minlength=n_metrics)).tolist()]
+        # Every per-series array in metric order once: each metric is then a slice.
+        keys_m, points_m, rows_m = keys[order], points[order], rows[order]
+        if len(routes):
+            priority_of = np.fromiter((r.priority for r in routes), dtype=np.int8,
+                                      count=len(routes))
+            priority_m = priority_of[route_ids[order]]
+        else:
+            priority_m = np.full(len(order), PriorityClass.MEDIUM, dtype=np.int8)
+        per_profile = {p: (outputs[p][order], live[p][order], passing[p][order])
+                       for p in outputs}
         out = []
         for m, name in enumerate(names):
-            idx = order[bounds[m]:bounds[m + 1]]
-            idx = idx[known[idx]]
-            if not len(idx):
+            lo, hi = bounds[m], bounds[m + 1]
+            if lo == hi:
                 continue
-            sample = idx[: self._k].tolist()
-            series = tuple(SeriesSeen(key_list[i], labels[i] or (), int(points[i]),
-                                      self._last.get(key_list[i], math.nan),
-                                      routes[route_ids[i]].priority if len(routes)
-                                      else PriorityClass.MEDIUM)
-                           for i in sample)
-            pairs: frozenset[tuple[str, str]] = frozenset().union(
-                *[labels[i] or () for i in idx.tolist()])
+            metric_keys = keys_m[lo:hi]
             profile_keys = {}
             profile_points = {}
-            for profile, keys_out in outputs.items():
-                sel = idx[live[profile][idx]]
-                distinct = np.unique(keys_out[sel])
+            for profile, (keys_out, lives, passes) in per_profile.items():
+                live_out, pass_out = lives[lo:hi], passes[lo:hi]
+                # Series that pass keep their own key: ascending and distinct already.
+                distinct = (metric_keys[live_out] if (pass_out | ~live_out).all()
+                            else np.unique(keys_out[lo:hi][live_out]))
                 profile_keys[profile] = distinct
-                through = idx[passing[profile][idx]]
-                n_groups = len(distinct) - len(through)
-                profile_points[profile] = int(points[through].sum()) + flushes * max(0, n_groups)
+                n_through = int(np.count_nonzero(pass_out))
+                n_groups = len(distinct) - n_through
+                profile_points[profile] = (int(points_m[lo:hi][pass_out].sum())
+                                           + flushes * max(0, n_groups))
+            top = slice(lo, min(hi, lo + self._k))
             out.append(MetricSnapshot(
-                name=name, kind=self._kind(name), series=series, outputs=profile_keys,
+                name=name, kind=self._kind(name),
+                series=self._sample(metric_keys[: self._k], points_m[top], priority_m[top],
+                                    memo.labels(rows_m[top])),
+                outputs=profile_keys,
                 counts=PointTally(received=received[m], accepted=received[m],
                                   dropped=dropped_n[m], merged=merged_n[m],
                                   overflowed=overflowed_n[m]),
                 policies=tuple(tallies.get(m, ())), output_points=profile_points,
-                input_keys=keys[idx], label_pairs=pairs))
+                input_keys=metric_keys,
+                label_pairs=memo.label_pairs(name, metric_keys, rows_m[lo:hi])))
         return tuple(out)
 
-    def _shadow_codes(self, plan: Plan, column: npt.NDArray[np.uint64], key_list: list[int],
-                      labels: list[LabelSet | None]) -> npt.NDArray[np.uint64]:
+    def _sample(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64],
+                priorities: npt.NDArray[np.int8],
+                labels: list[LabelSet | None]) -> SeriesColumns:
+        """The sampled series (all with labels) as columns."""
+        values = np.fromiter(map(self._last.get, keys.tolist(), repeat(math.nan)),
+                             dtype=np.float64, count=len(keys))
+        return SeriesColumns(keys, cast(list[LabelSet], labels), points, values, priorities)
+
+    def _shadow_codes(self, plan: Plan, column: npt.NDArray[np.uint64],
+                      keys: npt.NDArray[np.uint64], rows: npt.NDArray[np.intp],
+                      memo: SeriesMemo) -> npt.NDArray[np.uint64]:
         """The shadow output code of every window series, routing (up to the budget) those
         not routed yet and remembering them in the index column."""
         pos = self._positions
@@ -146,14 +178,16 @@ class SnapshotBuilder:
         if len(todo) > self._budget:
             self.unrouted += len(todo) - self._budget
             todo = todo[: self._budget]
+        todo_keys = keys[todo].tolist()
+        todo_labels = memo.labels(rows[todo])
         for n, i in enumerate(todo.tolist()):
             if n % 64 == 0 and time.process_time() > deadline:
                 self.unrouted += len(todo) - n
                 break
-            lb = labels[i]
+            lb = todo_labels[n]
             if lb is None:
                 continue
-            r = plan.route(lb, self._kind(lb[0][1]), self._now_ms, key_list[i])
+            r = plan.route(lb, self._kind(lb[0][1]), self._now_ms, todo_keys[n])
             value = (np.uint64(r.group_key) if r.code is Code.MERGE else
                      _DROPPED if r.code is Code.DROP else _SAME)
             codes[i] = value
@@ -189,3 +223,227 @@ class SnapshotBuilder:
                 if changes:
                     t.changed_points += pt_n
         return {m: [per[k] for k in sorted(per)] for m, per in out.items()}
+
+
+_Grouping = tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.intp], list[int]]
+_Pairs = frozenset[tuple[str, str]]
+
+
+class SeriesMemo:
+    """What a tenant's window close keeps of its series from one window to the next.
+
+    Per index slot (the engine's series index gives each live series a slot and reuses the
+    slots of forgotten ones): the key held there, its metric, its labels and the ids of its
+    label pairs, so a series seen before costs a numpy gather, not a Python dict lookup. A
+    slot whose key changed is learned again from the catalog; a key is the hash of its
+    labels, so what is kept for a key never goes stale. Also kept: the last window's
+    grouping by metric (reused while the window holds the same keys) and each metric's keys
+    and distinct label pairs (reused while the metric's keys do not change).
+
+    Memory: about ``21 + 4 * labels`` bytes per slot, plus each distinct label pair once
+    (pairs no slot holds are forgotten when they outnumber the live ones). Not thread-safe:
+    the engine's event loop is the one caller.
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.zeros(0, dtype=np.uint64)
+        self._held = np.zeros(0, dtype=bool)
+        self._metric = np.zeros(0, dtype=np.int32)
+        self._labels: npt.NDArray[np.object_] = np.empty(0, dtype=object)
+        self._pairs = np.full((0, 1), -1, dtype=np.int32)
+        self._names: list[str] = []
+        self._name_ids: dict[str, int] = {}
+        self._pair_list: list[tuple[str, str]] = []
+        self._pair_ids: dict[tuple[str, str], int] = {}
+        self._prune_at = 4096
+        self._window: tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_], _Grouping] | None
+        self._window = None
+        self._last: dict[str, tuple[npt.NDArray[np.uint64], _Pairs]] = {}
+        self._next: dict[str, tuple[npt.NDArray[np.uint64], _Pairs]] = {}
+
+    @property
+    def pair_count(self) -> int:
+        """Distinct label pairs held (those of forgotten series included, until pruned)."""
+        return len(self._pair_list)
+
+    def rows(self, keys: npt.NDArray[np.uint64], slots: npt.NDArray[np.intp],
+             catalog: Mapping[int, LabelSet]) -> npt.NDArray[np.intp]:
+        """Start a window: the memo row (the slot) of each of ``keys``, learning those not
+        held from ``catalog``; -1 for a key in neither."""
+        self._last, self._next = self._next, {}
+        slots = np.asarray(slots, dtype=np.intp)
+        if len(slots) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(slots)} slots")
+        if len(slots) and int(slots.max()) >= len(self._keys):
+            self._reserve(int(slots.max()) + 1)
+        hit = self._held[slots] & (self._keys[slots] == keys)
+        if not hit.all():
+            self._learn(slots[~hit], keys[~hit], catalog)
+            hit = self._held[slots] & (self._keys[slots] == keys)
+        return np.where(hit, slots, -1)
+
+    def grouping(self, keys: npt.NDArray[np.uint64], rows: npt.NDArray[np.intp]) -> _Grouping:
+        """The window's series by metric: each series' metric number, the metric names (in
+        the order of their smallest key), and the series positions grouped by metric,
+        ascending by key within one, with the bounds of each metric's run. Series not known
+        (row -1) are in the metric named ``""``, as series with no labels."""
+        known = rows >= 0
+        last = self._window
+        if (last is not None and np.array_equal(last[0], keys)
+                and np.array_equal(last[1], known)):
+            return last[2]
+        metric_ids = self._metric[rows]
+        if not known.all():
+            metric_ids[~known] = self._name_id("")
+        grouping = _group(keys, metric_ids, self._names)
+        self._window = (keys, known, grouping)
+        return grouping
+
+    def labels(self, rows: npt.NDArray[np.intp]) -> list[LabelSet | None]:
+        """The labels of each row (None for -1)."""
+        found: list[LabelSet | None] = self._labels[rows].tolist()
+        if len(rows) and int(rows.min()) < 0:
+            for i in np.flatnonzero(rows < 0).tolist():
+                found[i] = None
+        return found
+
+    def label_pairs(self, metric: str, keys: npt.NDArray[np.uint64],
+                    rows: npt.NDArray[np.intp]) -> _Pairs:
+        """The distinct label pairs of the series ``keys`` (ascending) of ``metric``, at
+        ``rows``; the last window's set again when the metric had the same keys."""
+        last = self._last.get(metric)
+        if last is not None and np.array_equal(last[0], keys):
+            pairs = last[1]
+        else:
+            pairs = frozenset(map(self._pair_list.__getitem__,
+                                  self._pair_ids_in(self._pairs[rows]).tolist()))
+        self._next[metric] = (keys, pairs)
+        return pairs
+
+    def _name_id(self, name: str) -> int:
+        found = self._name_ids.get(name)
+        if found is None:
+            found = self._name_ids[name] = len(self._names)
+            self._names.append(name)
+        return found
+
+    def _pair_id(self, pair: tuple[str, str]) -> int:
+        found = self._pair_ids.get(pair)
+        if found is None:
+            found = self._pair_ids[pair] = len(self._pair_list)
+            self._pair_list.append(pair)
+        return found
+
+    def _reserve(self, size: int) -> None:
+        grown = max(size, 2 * len(self._keys), 1024)
+        extra = grown - len(self._keys)
+        self._keys = np.concatenate([self._keys, np.zeros(extra, dtype=np.uint64)])
+        self._held = np.concatenate([self._held, np.zeros(extra, dtype=bool)])
+        self._metric = np.concatenate([self._metric, np.zeros(extra, dtype=np.int32)])
+        self._labels = np.concatenate([self._labels, np.full(extra, None, dtype=object)])
+        self._pairs = np.concatenate(
+            [self._pairs, np.full((extra, self._pairs.shape[1]), -1, dtype=np.int32)])
+
+    def _learn(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64],
+               catalog: Mapping[int, LabelSet]) -> None:
+        """Hold at ``slots`` the keys of ``keys`` found in ``catalog`` (and nothing at the
+        slots of the others)."""
+        self._held[slots] = False
+        at: list[int] = []
+        held: list[int] = []
+        labels: list[LabelSet] = []
+        metrics: list[int] = []
+        flat: list[int] = []
+        name_ids, pair_ids = self._name_ids, self._pair_ids
+        for slot, key, lb in zip(slots.tolist(), keys.tolist(),
+                                 map(catalog.get, keys.tolist()), strict=True):
+            if lb is None:
+                continue
+            at.append(slot)
+            held.append(key)
+            labels.append(lb)
+            name = lb[0][1] if lb else ""
+            metric = name_ids.get(name)
+            metrics.append(self._name_id(name) if metric is None else metric)
+            for pair in lb:
+                pid = pair_ids.get(pair)
+                flat.append(self._pair_id(pair) if pid is None else pid)
+        if not at:
+            return
+        lengths = np.fromiter(map(len, labels), dtype=np.intp, count=len(labels))
+        width = int(lengths.max())
+        if width > self._pairs.shape[1]:
+            self._pairs = np.pad(self._pairs, ((0, 0), (0, width - self._pairs.shape[1])),
+                                 constant_values=-1)
+        rows = np.full((len(labels), self._pairs.shape[1]), -1, dtype=np.int32)
+        rows[np.arange(rows.shape[1]) < lengths[:, None]] = flat  # row-major: each row's pairs
+        where = np.asarray(at, dtype=np.intp)
+        self._pairs[where] = rows
+        self._keys[where] = np.asarray(held, dtype=np.uint64)
+        self._metric[where] = metrics
+        self._labels[where] = np.fromiter(labels, dtype=object, count=len(labels))
+        self._held[where] = True
+        if len(self._pair_list) > self._prune_at:
+            self._prune_pairs()
+
+    def _pair_ids_in(self, pairs: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
+        """The distinct pair ids in ``pairs`` (-1 is no pair), ascending: a scatter into
+        one flag per known pair, cheaper than a sort or hash of the ids."""
+        present = np.zeros(len(self._pair_list) + 1, dtype=bool)
+        present[pairs] = True  # -1 lands on the extra last flag
+        return np.flatnonzero(present[:-1])
+
+    def _prune_pairs(self) -> None:
+        """Forget label pairs no held series has (after a bomb of label values)."""
+        live = self._pair_ids_in(self._pairs[self._held])
+        remap = np.full(len(self._pair_list) + 1, -1, dtype=np.int32)  # remap[-1] stays -1
+        remap[live] = np.arange(len(live), dtype=np.int32)
+        self._pairs = remap[self._pairs]
+        self._pair_list = [self._pair_list[i] for i in live.tolist()]
+        self._pair_ids = {pair: i for i, pair in enumerate(self._pair_list)}
+        self._prune_at = max(4096, 2 * len(self._pair_list))
+
+
+def _group(keys: npt.NDArray[np.uint64], metric_ids: npt.NDArray[np.int32],
+           names: list[str]) -> _Grouping:
+    """See :meth:`SeriesMemo.grouping`."""
+    n = len(keys)
+    if not n:
+        return np.empty(0, dtype=np.int64), [], np.empty(0, dtype=np.intp), [0]
+    by_key = np.argsort(keys)
+    # A stable sort of small integers is a radix sort: O(n), and keeps keys ascending.
+    narrow = metric_ids[by_key]
+    within = np.argsort(narrow.astype(np.uint16) if len(names) <= 2**16 else narrow,
+                        kind="stable")
+    order = by_key[within]
+    grouped = metric_ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1])))
+    ends = np.append(starts[1:], n)
+    seq = np.argsort(keys[order[starts]])  # metrics by smallest key
+    number = np.empty(len(starts), dtype=np.int64)
+    number[seq] = np.arange(len(starts))
+    mids = np.empty(n, dtype=np.int64)
+    mids[order] = np.repeat(number, ends - starts)
+    runs = [order[starts[g]:ends[g]] for g in seq.tolist()]
+    metric_names = [names[int(grouped[starts[g]])] for g in seq.tolist()]
+    bounds = np.cumsum([0] + [len(r) for r in runs]).tolist()
+    return mids, metric_names, np.concatenate(runs), bounds
+
+
+_MEMOS: OrderedDict[int, SeriesMemo] = OrderedDict()
+_MAX_MEMOS = 1024
+
+
+def memo_for(catalog: Mapping[int, LabelSet]) -> SeriesMemo:
+    """The :class:`SeriesMemo` of a tenant, found by the identity of its label catalog (the
+    engine keeps one catalog per tenant for the tenant's lifetime). At most 1,024 memos are
+    kept, the least recently used dropped first. Should an id be reused by another catalog,
+    its memo is still right (what it keeps for a key is a function of the key alone)."""
+    memo = _MEMOS.get(id(catalog))
+    if memo is None:
+        memo = _MEMOS[id(catalog)] = SeriesMemo()
+        while len(_MEMOS) > _MAX_MEMOS:
+            _MEMOS.popitem(last=False)
+    else:
+        _MEMOS.move_to_end(id(catalog))
+    return memo

@@ -2,8 +2,9 @@
 
 :class:`WindowReporter` is a service component (``start``/``shutdown``). Every ``interval``
 it takes the closed windows from its source (the policy engine), builds the report parts
-(:func:`~.window_report.build_reports`, in a worker thread so the event loop keeps serving
-the data path) and publishes each part to ``phoenix.telemetry.pipeline.<tenant>`` with
+(:func:`~.window_report.encode_reports`, serialised, in a worker thread so the event loop
+keeps serving the data path; with a :class:`~.window_report.ReportCache` kept from one
+window to the next) and publishes each part to ``phoenix.telemetry.pipeline.<tenant>`` with
 ``Nats-Msg-Id`` ``<report_id>:<part>``, so a retried part is stored once.
 
 The bus buffers publishes while NATS is away (its outbox retries them in order); what the
@@ -18,14 +19,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from phoenixcp.api.phoenix.v1 import telemetry_pb2
 from phoenixcp.core.policy.window import TenantSnapshot
-from phoenixcp.platform.telemetry.window_report import build_reports
+from phoenixcp.platform.telemetry.window_report import ReportCache, encode_reports, report_id
 
 __all__ = ["DEFAULT_MAX_BYTES", "REPORT_SUBJECT_PREFIX", "ReportPublisher", "WindowReporter"]
 
@@ -97,6 +98,7 @@ class WindowReporter:
         self._max_bytes = max_bytes
         self._address = address
         self._metrics = _ReporterMetrics(registry)
+        self._cache = ReportCache()  # used by one build at a time (the lock)
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -134,8 +136,8 @@ class WindowReporter:
                 return 0
             built = await asyncio.to_thread(self._build, snapshots)
             published = 0
-            for parts in built:
-                published += await self._publish(parts)
+            for report in built:
+                published += await self._publish(report)
             return published
 
     async def _close(self) -> None:
@@ -156,38 +158,48 @@ class WindowReporter:
             except Exception as exc:  # a background task: report, never die silently
                 _log.exception("window report failed", extra={"fields": {"error": repr(exc)}})
 
-    def _build(self, snapshots: list[TenantSnapshot]) -> list[list[telemetry_pb2.WindowReport]]:
+    def _build(self, snapshots: list[TenantSnapshot]) -> list[_Report]:
         started = time.thread_time()
         built = []
         for snapshot in snapshots:
             try:
-                built.append(build_reports(snapshot, max_bytes=self._max_bytes,
-                                           address=self._address))
+                parts = encode_reports(snapshot, max_bytes=self._max_bytes,
+                                       address=self._address, cache=self._cache)
             except Exception as exc:
                 self._metrics.failures.labels("build").inc()
                 _log.exception("window report could not be built",
                                extra={"fields": {"tenant": snapshot.tenant,
                                                  "error": repr(exc)}})
+                continue
+            built.append(_Report(snapshot.tenant, report_id(snapshot), parts))
         self._metrics.build_seconds.observe(time.thread_time() - started)
         return built
 
-    async def _publish(self, parts: list[telemetry_pb2.WindowReport]) -> int:
+    async def _publish(self, report: _Report) -> int:
         published = 0
-        for part in parts:
-            subject = f"{REPORT_SUBJECT_PREFIX}.{part.tenant}"
-            data = part.SerializeToString()
+        subject = f"{REPORT_SUBJECT_PREFIX}.{report.tenant}"
+        for index, data in enumerate(report.parts):
             try:
                 await self._publisher.publish_raw(subject, data,
-                                                  msg_id=f"{part.report_id}:{part.part}")
+                                                  msg_id=f"{report.report_id}:{index}")
             except Exception as exc:
                 self._metrics.failures.labels("publish").inc()
                 _log.error("window report part not published",
-                           extra={"fields": {"report_id": part.report_id, "part": part.part,
+                           extra={"fields": {"report_id": report.report_id, "part": index,
                                              "bytes": len(data), "error": repr(exc)}})
                 continue
             published += 1
             self._metrics.parts.inc()
             self._metrics.bytes.inc(len(data))
-        if published == len(parts):
+        if published == len(report.parts):
             self._metrics.reports.inc()
         return published
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """One tenant's window report, its parts serialised (part ``i`` is ``parts[i]``)."""
+
+    tenant: str
+    report_id: str
+    parts: list[bytes]

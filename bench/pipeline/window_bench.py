@@ -1,0 +1,160 @@
+"""Window close and window report alone, on the bench workload: CPU per 10 s window.
+
+    .venv/bin/python bench/pipeline/window_bench.py [--scenario plain|cap] [--windows 7]
+                                                    [--dump FILE]
+
+Writes the workload of ``run.py``'s scenario (bench/pipeline/workload.py: 101k series over 50
+metrics; cap adds the 10% ``user_id`` bomb and the 120k cap policy of policies/cap.yaml),
+cuts its bodies into ``--windows`` windows of about one round each (every series about once
+per window, as an agent scraping every 10 s sends them; in cap the bomb's series are new in
+every window and window edges move a little, so every metric's series change), and per
+window feeds the bodies
+through ``decode_remote_write`` and a :class:`PolicyEngine` (untimed), then times, in CPU
+milliseconds of this process:
+
+* ``close_window``: :meth:`PolicyEngine.close_window` (the window's snapshots);
+* ``build_reports``: :func:`build_reports` of every snapshot (the parts as messages), with a
+  :class:`ReportCache` kept from window to window as the reporter keeps one;
+* ``encode_reports``: what :class:`WindowReporter` does before publishing: the same parts,
+  serialised (:func:`encode_reports`, with its own cache).
+
+The first window (every series new) is printed apart; the figures are the medians of the
+others. ``--dump FILE`` writes the last window's report parts (JSON, sketches base64) to
+compare the output of two versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from google.protobuf import json_format
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workload import write_workload  # noqa: E402
+
+from phoenixcp.api.phoenix.v1 import state_pb2, telemetry_pb2  # noqa: E402
+from phoenixcp.core.policy.engine import PolicyEngine  # noqa: E402
+from phoenixcp.core.policy.model import PolicySpec, ProfileSpec  # noqa: E402
+from phoenixcp.platform.ingest import decode_remote_write  # noqa: E402
+from phoenixcp.platform.policy import policy_from_proto  # noqa: E402
+from phoenixcp.platform.telemetry import DEFAULT_MAX_BYTES  # noqa: E402
+from phoenixcp.platform.telemetry.window_report import (  # noqa: E402
+    ReportCache,
+    build_reports,
+    encode_reports,
+)
+
+WINDOW_MS = 10_000
+START_MS = 1_767_225_600_000
+
+
+class _Source:
+    def __init__(self, policies: tuple[PolicySpec, ...]) -> None:
+        self._policies = policies
+        self.profiles = {"full": ProfileSpec(name="full")}
+        self.rejections = ()
+
+    def profile_for(self, tenant: str) -> ProfileSpec:
+        return self.profiles["full"]
+
+    def policies_for(self, tenant: str, now: object) -> tuple[PolicySpec, ...]:
+        return self._policies
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now_ms = START_MS
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def _policies(scenario: str) -> tuple[PolicySpec, ...]:
+    if scenario == "plain":
+        return ()
+    docs = yaml.safe_load((Path(__file__).parent / "policies" / "cap.yaml").read_text())
+    docs = docs if isinstance(docs, list) else [docs]
+    return tuple(policy_from_proto(json_format.ParseDict(d, state_pb2.Policy())) for d in docs)
+
+
+def _bodies(scenario: str, windows: int) -> list[list[bytes]]:
+    """The bodies of ``windows`` rounds, one list per window."""
+    rounds = windows if scenario == "cap" else 2  # plain rounds differ only in values
+    with tempfile.TemporaryDirectory() as tmp:
+        write_workload(Path(tmp), rounds=rounds, otlp=False,
+                       bomb_share=0.1 if scenario == "cap" else 0.0)
+        bodies = [p.read_bytes() for p in sorted(Path(tmp).glob("rw-*.bin"))]
+    per = len(bodies) // rounds
+    chunks = [bodies[i * per:(i + 1) * per] for i in range(rounds)]
+    return [chunks[w % rounds] for w in range(windows)]
+
+
+def _dump(path: Path, parts: list[telemetry_pb2.WindowReport]) -> None:
+    docs = [json_format.MessageToDict(p, preserving_proto_field_name=True) for p in parts]
+    path.write_text(json.dumps(docs, indent=1, sort_keys=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=["plain", "cap"], default="plain")
+    parser.add_argument("--windows", type=int, default=7)
+    parser.add_argument("--dump", type=Path)
+    args = parser.parse_args()
+    if args.windows < 2:
+        parser.error("--windows must be at least 2 (the first one is cold)")
+    windows = _bodies(args.scenario, args.windows)
+    clock = _Clock()
+    engine = PolicyEngine(replica_id="bench", clock_ms=clock)
+    engine.apply(_Source(_policies(args.scenario)))  # type: ignore[arg-type]
+    message_cache, bytes_cache = ReportCache(), ReportCache()
+    rows: list[tuple[int, int, int, float, float, float]] = []
+    parts: list[telemetry_pb2.WindowReport] = []
+    for bodies in windows:
+        samples = 0
+        for i, body in enumerate(bodies):
+            clock.now_ms += WINDOW_MS // len(bodies) if i else 0
+            batch = decode_remote_write(body, tenant="default")
+            engine.process(batch)
+            samples += batch.sample_count
+        clock.now_ms = START_MS + (len(rows) + 1) * WINDOW_MS
+        start = time.process_time()
+        snapshots = engine.close_window()
+        closed = time.process_time()
+        parts = [p for s in snapshots
+                 for p in build_reports(s, max_bytes=DEFAULT_MAX_BYTES, cache=message_cache)]
+        built = time.process_time()
+        encoded = [b for s in snapshots
+                   for b in encode_reports(s, max_bytes=DEFAULT_MAX_BYTES, cache=bytes_cache)]
+        done = time.process_time()
+        series = sum(len(m.all_keys) for s in snapshots for m in s.metrics)
+        rows.append((series, samples, sum(map(len, encoded)), (closed - start) * 1e3,
+                     (built - closed) * 1e3, (done - built) * 1e3))
+    print(f"scenario {args.scenario}: {len(rows)} windows, "
+          f"{rows[-1][0]:,} series and {rows[-1][1]:,} samples in the last, "
+          f"{len(parts)} report part(s) of {rows[-1][2]:,} bytes")
+    print("  CPU ms per window   close_window  build_reports  encode_reports")
+    first = rows[0]
+    print(f"  first (cold)        {first[3]:12.1f}  {first[4]:13.1f}  {first[5]:14.1f}")
+    for w, row in enumerate(rows[1:], 2):
+        print(f"    window {w:<10d}  {row[3]:12.1f}  {row[4]:13.1f}  {row[5]:14.1f}")
+    rest = rows[1:]
+    close_ms, build_ms, encode_ms = (statistics.median(r[i] for r in rest) for i in (3, 4, 5))
+    print(f"  median              {close_ms:12.1f}  {build_ms:13.1f}  {encode_ms:14.1f}")
+    print(f"  close + build {close_ms + build_ms:.1f} ms; close + encode (the pipeline's "
+          f"work per window) {close_ms + encode_ms:.1f} ms")
+    if args.dump:
+        _dump(args.dump, parts)
+
+
+if __name__ == "__main__":
+    main()
