@@ -39,7 +39,7 @@ from phoenixcp.core.policy.index import SeriesIndex
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
 from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
 from phoenixcp.core.policy.routes import RouteTable
-from phoenixcp.core.policy.snapshot import SnapshotBuilder
+from phoenixcp.core.policy.snapshot import SeriesMemo, SnapshotBuilder
 from phoenixcp.core.policy.window import PointTally, TenantSnapshot
 from phoenixcp.core.series import METRIC_NAME_LABEL
 
@@ -124,6 +124,8 @@ class _Tenant:
     index: SeriesIndex = field(default_factory=SeriesIndex)
     table: RouteTable = field(default_factory=RouteTable)
     catalog: dict[int, LabelSet] = field(default_factory=dict)
+    memo: SeriesMemo = field(default_factory=SeriesMemo)
+    """What window closes keep of the series, by index slot (snapshot.py)."""
     kinds: dict[str, MetricType] = field(default_factory=dict)
     shadows: dict[str, Plan] = field(default_factory=dict)
     """Every other profile's plan, routed for shadow accounting only (never exported)."""
@@ -546,6 +548,7 @@ class PolicyEngine:
             ids = np.maximum(ids, 0)
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
         builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
+                                  memo=tenant.memo,
                                   kind=tenant.kind, last_values=window.last_values,
                                   now_ms=now_ms, shadow_budget=self._shadow_budget)
         metrics = builder.build(keys, points, ids, table.routes if not plan.empty else [],

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 from typing import cast
@@ -34,7 +33,7 @@ from phoenixcp.core.policy.model import MetricKind, PriorityClass
 from phoenixcp.core.policy.plan import Code, Plan, Route
 from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally, SeriesColumns
 
-__all__ = ["SeriesMemo", "SnapshotBuilder", "memo_for"]
+__all__ = ["SeriesMemo", "SnapshotBuilder"]
 
 _DROPPED = np.uint64(1)
 _SAME = np.uint64(0)
@@ -45,17 +44,17 @@ _FLUSH_MS = 15_000
 class SnapshotBuilder:
     """Builds the :class:`MetricSnapshot` values of one tenant's window.
 
-    ``memo`` is the tenant's :class:`SeriesMemo`; without one, the memo of ``catalog`` (by
-    identity) from :func:`memo_for` is used, so a caller that makes a builder per window and
-    hands it the same catalog still pays for a series only in the first window it is seen.
+    ``memo`` is the tenant's :class:`SeriesMemo`, kept by the engine from window to window,
+    so a series costs a catalog lookup only in the first window it is seen. ``positions``
+    are the series' index slots; keys come in slot order (the builder sorts per metric).
     """
 
     def __init__(self, *, active: str,
                  shadows: Mapping[str, tuple[Plan, npt.NDArray[np.uint64]]],
                  positions: npt.NDArray[np.intp], kind: Callable[[str], MetricKind],
                  last_values: Mapping[int, float], now_ms: int, shadow_budget: int,
-                 sample_k: int = 256, shadow_seconds: float = 0.05,
-                 memo: SeriesMemo | None = None) -> None:
+                 memo: SeriesMemo, sample_k: int = 256,
+                 shadow_seconds: float = 0.05) -> None:
         self._active = active
         self._shadows = shadows
         self._positions = positions
@@ -77,7 +76,7 @@ class SnapshotBuilder:
         labels of (at least) the series the memo does not know yet: a series in neither is
         left out. Metrics come in the order of their smallest key, each one's series (and
         sample) ascending by key."""
-        memo = self._memo if self._memo is not None else memo_for(catalog)
+        memo = self._memo
         rows = memo.rows(keys, self._positions, catalog)
         known = rows >= 0
         mids, names, order, bounds = memo.grouping(keys, rows)
@@ -428,22 +427,3 @@ def _group(keys: npt.NDArray[np.uint64], metric_ids: npt.NDArray[np.int32],
     metric_names = [names[int(grouped[starts[g]])] for g in seq.tolist()]
     bounds = np.cumsum([0] + [len(r) for r in runs]).tolist()
     return mids, metric_names, np.concatenate(runs), bounds
-
-
-_MEMOS: OrderedDict[int, SeriesMemo] = OrderedDict()
-_MAX_MEMOS = 1024
-
-
-def memo_for(catalog: Mapping[int, LabelSet]) -> SeriesMemo:
-    """The :class:`SeriesMemo` of a tenant, found by the identity of its label catalog (the
-    engine keeps one catalog per tenant for the tenant's lifetime). At most 1,024 memos are
-    kept, the least recently used dropped first. Should an id be reused by another catalog,
-    its memo is still right (what it keeps for a key is a function of the key alone)."""
-    memo = _MEMOS.get(id(catalog))
-    if memo is None:
-        memo = _MEMOS[id(catalog)] = SeriesMemo()
-        while len(_MEMOS) > _MAX_MEMOS:
-            _MEMOS.popitem(last=False)
-    else:
-        _MEMOS.move_to_end(id(catalog))
-    return memo
