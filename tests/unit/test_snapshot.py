@@ -86,7 +86,7 @@ def snapshot(tenant: Tenant, window: Window, memo: SeriesMemo, last: dict[int, f
     kinds = {"a_total": MetricKind.COUNTER, "b_seconds": MetricKind.HISTOGRAM}
     builder = SnapshotBuilder(active="full", shadows={}, positions=window.slots,
                               kind=lambda name: kinds.get(name, MetricKind.GAUGE),
-                              last_values=last, now_ms=start_ms + 10_000, shadow_budget=100,
+                              last_value=last.get, now_ms=start_ms + 10_000, shadow_budget=100,
                               sample_k=K, memo=memo)
     metrics = builder.build(window.keys, window.points, np.zeros(len(window.keys), np.int32),
                             [], tenant.catalog, 10_000)

@@ -111,8 +111,39 @@ class _Window:
     start_ms: int
     number: int = 0
     tally: PointTally = field(default_factory=PointTally)
-    last_values: dict[int, float] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Resolved:
+    """Per route id of a tenant's route table: the merger (an index into ``mergers``; -1 for
+    routes merged point by point, -2 not resolved yet) and group id its points go to, so a
+    batch resolves only routes it has not seen. Valid for one engine epoch: a flush or close
+    may free group ids, a plan change renumbers routes."""
+
+    epoch: int = -1
+    merger: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    gid: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    overflow: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
+    cumulative: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
+    mergers: list[CumulativeMerger | GaugeMerger] = field(default_factory=list)
+    numbered: dict[int, int] = field(default_factory=dict)
+
+    def ready(self, epoch: int, routes: int) -> None:
+        """Start over in a new epoch; make room for ``routes`` route ids."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.merger = np.full(routes, -2, dtype=np.int32)
+            self.gid = np.zeros(routes, dtype=np.int32)
+            self.overflow = np.zeros(routes, dtype=bool)
+            self.cumulative = np.zeros(routes, dtype=bool)
+            self.mergers, self.numbered = [], {}
+        elif routes > len(self.merger):
+            grow = max(routes, 2 * len(self.merger)) - len(self.merger)
+            self.merger = np.concatenate([self.merger, np.full(grow, -2, dtype=np.int32)])
+            self.gid = np.concatenate([self.gid, np.zeros(grow, dtype=np.int32)])
+            self.overflow = np.concatenate([self.overflow, np.zeros(grow, dtype=bool)])
+            self.cumulative = np.concatenate([self.cumulative, np.zeros(grow, dtype=bool)])
 
 
 @dataclass(slots=True)
@@ -125,6 +156,7 @@ class _Tenant:
     table: RouteTable = field(default_factory=RouteTable)
     catalog: dict[int, LabelSet] = field(default_factory=dict)
     memo: SeriesMemo = field(default_factory=SeriesMemo)
+    resolved: _Resolved = field(default_factory=_Resolved)
     """What window closes keep of the series, by index slot (snapshot.py)."""
     kinds: dict[str, MetricType] = field(default_factory=dict)
     shadows: dict[str, Plan] = field(default_factory=dict)
@@ -178,6 +210,8 @@ class PolicyEngine:
         self._targets: dict[tuple[str, Hashable], _Target] = {}
         self._by_spec: dict[MergeSpec, tuple[str, _Target]] = {}
         self._pending: list[MergedOutput] = []
+        self._epoch = 0
+        """Bumped whenever a merger may have freed group ids or routes were renumbered."""
         self.plan_changes = 0
 
     # -- policy state ------------------------------------------------------------------
@@ -213,6 +247,7 @@ class PolicyEngine:
                 tenant.plan = plan
                 tenant.index.clear_routes()
                 tenant.table.clear()
+                self._epoch += 1
                 self.plan_changes += 1
             tenant.profile = profile
             log.info("policies applied", extra={"fields": {
@@ -247,6 +282,7 @@ class PolicyEngine:
         return tenant
 
     def _close_unused_targets(self, now_ms: int) -> None:
+        self._epoch += 1
         live = {(t.name, fp) for t in self._tenants.values() for fp in t.plan.targets}
         self._by_spec.clear()
         for key in [k for k in self._targets if k not in live]:
@@ -289,7 +325,7 @@ class PolicyEngine:
         tenant.window.tally.dropped += dropped
         if len(merging):
             before = (tally.merged, tally.overflowed, tally.dropped)
-            self._merge(tenant, batch, merging, ids, tally)
+            self._merge(tenant, batch, merging, ids, slots, tally)
             tenant.window.tally.merged += tally.merged - before[0]
             tenant.window.tally.overflowed += tally.overflowed - before[1]
             tenant.window.tally.dropped += tally.dropped - before[2]
@@ -353,7 +389,8 @@ class PolicyEngine:
         return target
 
     def _merge(self, tenant: _Tenant, batch: MetricBatch, merging: npt.NDArray[np.intp],
-               ids: npt.NDArray[np.int32], tally: PointTally) -> None:
+               ids: npt.NDArray[np.int32], slots: npt.NDArray[np.int64],
+               tally: PointTally) -> None:
         """Feed the merged series' points to their targets' mergers: one ``observe_many``
         call per merger for the batch, a Python step per distinct route (not per point);
         points of top-K ranked series take :meth:`_merge_ranked`."""
@@ -363,36 +400,37 @@ class PolicyEngine:
         now_ms = self._clock()
         routes = tenant.table.routes
         distinct, inverse = np.unique(ids[merging][series_index], return_inverse=True)
-        count = len(distinct)
-        merger_of = np.full(count, -1, dtype=np.int32)  # -1: a top-K ranked route
-        gid_of = np.zeros(count, dtype=np.int32)
-        overflow_of = np.zeros(count, dtype=bool)
-        cumulative_of = np.zeros(count, dtype=bool)
-        mergers: list[CumulativeMerger | GaugeMerger] = []
-        numbered: dict[int, int] = {}
-        for j, route_id in enumerate(distinct.tolist()):
+        res = tenant.resolved
+        res.ready(self._epoch, len(routes))
+        for route_id in distinct[res.merger[distinct] == -2].tolist():
             route = routes[route_id]
             if route.topk is not None or route.target is None:
+                res.merger[route_id] = -1
                 continue
             target = self._target(tenant.name, route.target, now_ms)
             merger: CumulativeMerger | GaugeMerger = (
                 target.cumulative if route.cumulative else target.gauge)
-            m = numbered.get(id(merger))
+            m = res.numbered.get(id(merger))
             if m is None:
-                m = numbered[id(merger)] = len(mergers)
-                mergers.append(merger)
-            merger_of[j] = m
-            gid_of[j] = merger.group_id(route.group)
-            overflow_of[j] = route.overflow
-            cumulative_of[j] = route.cumulative
+                m = res.numbered[id(merger)] = len(res.mergers)
+                res.mergers.append(merger)
+            res.merger[route_id] = m
+            res.gid[route_id] = merger.group_id(route.group)
+            res.overflow[route_id] = route.overflow
+            res.cumulative[route_id] = route.cumulative
+        merger_of = res.merger[distinct]
+        gid_of = res.gid[distinct]
+        overflow_of = res.overflow[distinct]
+        cumulative_of = res.cumulative[distinct]
+        mergers = res.mergers
         keys = batch.series_keys[merging][series_index]
         sample_merger = merger_of[inverse]
         gids = gid_of[inverse]
         accepted = np.zeros(len(inverse), dtype=bool)
-        for m, merger in enumerate(mergers):
+        for m in np.unique(merger_of[merger_of >= 0]).tolist():
             picked = np.flatnonzero(sample_merger == m)  # in order: a series' points too
-            accepted[picked] = merger.observe_many(gids[picked], keys[picked],
-                                                   timestamps[picked], values[picked])
+            accepted[picked] = mergers[m].observe_many(gids[picked], keys[picked],
+                                                       timestamps[picked], values[picked])
         plain = sample_merger >= 0
         overflow = overflow_of[inverse]
         merged = int(np.count_nonzero(accepted & ~overflow))
@@ -400,13 +438,13 @@ class PolicyEngine:
         # A cumulative merger ignores staleness markers (NaN): those are not refusals.
         refused = int(np.count_nonzero(
             plain & ~accepted & ~(cumulative_of[inverse] & np.isnan(values))))
-        last = tenant.window.last_values
-        last.update(zip(keys[plain].tolist(), values[plain].tolist(), strict=True))
+        sample_slots = slots[merging][series_index]
+        tenant.index.last[sample_slots[plain]] = values[plain]
         ranked = np.flatnonzero(~plain)
         if len(ranked):
             route_ids = distinct[inverse[ranked]]
-            more = self._merge_ranked(tenant, route_ids, keys[ranked], timestamps[ranked],
-                                      values[ranked], now_ms)
+            more = self._merge_ranked(tenant, route_ids, keys[ranked], sample_slots[ranked],
+                                      timestamps[ranked], values[ranked], now_ms)
             merged, overflowed, refused = (merged + more[0], overflowed + more[1],
                                            refused + more[2])
         tally.merged += merged
@@ -414,18 +452,20 @@ class PolicyEngine:
         tally.dropped += refused
 
     def _merge_ranked(self, tenant: _Tenant, route_ids: npt.NDArray[np.int32],
-                      keys: npt.NDArray[np.uint64], timestamps: npt.NDArray[np.int64],
+                      keys: npt.NDArray[np.uint64], slots: npt.NDArray[np.int64],
+                      timestamps: npt.NDArray[np.int64],
                       values: npt.NDArray[np.float64], now_ms: int) -> tuple[int, int, int]:
         """Points of top-K ranked series, one by one: each weighs towards its series' rank,
         a kept (WATCH) series is only watched, a promoted one feeds ``other`` once more.
         Returns (merged, overflowed, refused)."""
         routes = tenant.table.routes
         refused = merged = overflowed = 0
-        last = tenant.window.last_values
+        last = tenant.index.last
         watched = tenant.watched
         plan = tenant.plan
-        for route_id, key, ts, value in zip(route_ids.tolist(), keys.tolist(),
-                                            timestamps.tolist(), values.tolist(), strict=True):
+        for route_id, key, slot, ts, value in zip(route_ids.tolist(), keys.tolist(),
+                                                  slots.tolist(), timestamps.tolist(),
+                                                  values.tolist(), strict=True):
             route = routes[route_id]
             plan.weigh(route, key, value)
             if route.target is None:  # WATCH: passes, only read for its rank
@@ -435,7 +475,7 @@ class PolicyEngine:
                     (old.cumulative if previous.cumulative else old.gauge).observe(
                         previous.group, key, ts, value)
                 watched[key] = (ts, value)
-                last[key] = value
+                last[slot] = value
                 continue
             target = self._target(tenant.name, route.target, now_ms)
             merger = target.cumulative if route.cumulative else target.gauge
@@ -446,7 +486,7 @@ class PolicyEngine:
                     merged += 1
             elif not (route.cumulative and math.isnan(value)):
                 refused += 1
-            last[key] = value
+            last[slot] = value
         return merged, overflowed, refused
 
     def flush(self, *, force: bool = False) -> list[MergedOutput]:
@@ -462,6 +502,7 @@ class PolicyEngine:
             if not force and now_ms < target.next_flush_ms:
                 continue
             target.next_flush_ms = now_ms + target.interval_ms
+            self._epoch += 1
             points = target.flush(now_ms)
             if points:
                 by_tenant.setdefault(name, []).extend(points)
@@ -549,7 +590,7 @@ class PolicyEngine:
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
         builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
                                   memo=tenant.memo,
-                                  kind=tenant.kind, last_values=window.last_values,
+                                  kind=tenant.kind, last_value=index.last_value,
                                   now_ms=now_ms, shadow_budget=self._shadow_budget)
         metrics = builder.build(keys, points, ids, table.routes if not plan.empty else [],
                                 tenant.catalog, now_ms - window.start_ms)
@@ -560,6 +601,7 @@ class PolicyEngine:
             tenant.catalog.pop(key, None)
         if len(tenant.table) > 2 * len(tenant.index) + 1024:
             tenant.index.route = tenant.table.compact(tenant.index.route)[tenant.index.route]
+            self._epoch += 1
         return TenantSnapshot(
             tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
             end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,

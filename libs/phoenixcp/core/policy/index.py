@@ -42,6 +42,8 @@ class SeriesIndex:
     route: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     points: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     seen: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    last: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
+    """The last value of a merged series in the current window (NaN: none read)."""
     columns: dict[str, npt.NDArray[np.uint64]] = field(default_factory=dict)
     """Extra per-series values (shadow profiles' output keys); ``UNKNOWN`` until set."""
 
@@ -66,6 +68,7 @@ class SeriesIndex:
         self.route[fresh] = -1
         self.points[fresh] = 0
         self.seen[fresh] = -1
+        self.last[fresh] = np.nan
         for column in self.columns.values():
             column[fresh] = UNKNOWN
         return out
@@ -86,6 +89,7 @@ class SeriesIndex:
         self.route = extend(self.route, -1)  # type: ignore[assignment]
         self.points = extend(self.points, 0)  # type: ignore[assignment]
         self.seen = extend(self.seen, _FREE)  # type: ignore[assignment]
+        self.last = extend(self.last, np.nan)  # type: ignore[assignment]
         for name, column in self.columns.items():
             self.columns[name] = extend(column, UNKNOWN)  # type: ignore[assignment]
 
@@ -111,6 +115,12 @@ class SeriesIndex:
         for name in [n for n in self.columns if n not in keep]:
             del self.columns[name]
 
+    def last_value(self, key: int, default: float = np.nan) -> float:
+        """The window's last value of series ``key`` (``default`` when none was read)."""
+        slot = self.find(np.asarray([key], dtype=_U64))[0]
+        value = float(self.last[slot]) if slot >= 0 else default
+        return default if np.isnan(value) else value
+
     def live(self) -> npt.NDArray[np.intp]:
         """Slots that hold a series."""
         return np.flatnonzero(self.seen != _FREE)
@@ -124,6 +134,7 @@ class SeriesIndex:
         memory). Returns the forgotten keys."""
         self.seen[self.points > 0] = window
         self.points.fill(0)
+        self.last.fill(np.nan)
         stale = np.flatnonzero((self.seen != _FREE) & (self.seen < window - keep_windows + 1))
         gone = self.keys[stale]
         if len(gone):

@@ -52,14 +52,15 @@ class SnapshotBuilder:
     def __init__(self, *, active: str,
                  shadows: Mapping[str, tuple[Plan, npt.NDArray[np.uint64]]],
                  positions: npt.NDArray[np.intp], kind: Callable[[str], MetricKind],
-                 last_values: Mapping[int, float], now_ms: int, shadow_budget: int,
+                 last_value: Callable[[int, float], float], now_ms: int,
+                 shadow_budget: int,
                  memo: SeriesMemo, sample_k: int = 256,
                  shadow_seconds: float = 0.05) -> None:
         self._active = active
         self._shadows = shadows
         self._positions = positions
         self._kind = kind
-        self._last = last_values
+        self._last = last_value
         self._now_ms = now_ms
         self._budget = shadow_budget
         self._share = shadow_seconds / max(1, len(shadows))
@@ -161,7 +162,7 @@ class SnapshotBuilder:
                 priorities: npt.NDArray[np.int8],
                 labels: list[LabelSet | None]) -> SeriesColumns:
         """The sampled series (all with labels) as columns."""
-        values = np.fromiter(map(self._last.get, keys.tolist(), repeat(math.nan)),
+        values = np.fromiter(map(self._last, keys.tolist(), repeat(math.nan)),
                              dtype=np.float64, count=len(keys))
         return SeriesColumns(keys, cast(list[LabelSet], labels), points, values, priorities)
 
