@@ -96,8 +96,15 @@ class Forwarder:
                     "its backend is down or slower than the input",
                     retry_after=route.queue.config.full_retry_after.total_seconds())
 
-    async def accept(self, batch: MetricBatch) -> None:
-        """Queue ``batch`` for every exporter; ResourceExhausted when any queue is full.
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The exporters' names, in configuration order."""
+        return tuple(route.config.name for route in self._routes)
+
+    async def accept(self, batch: MetricBatch, *, only: str | None = None,
+                     skip: frozenset[str] = frozenset()) -> None:
+        """Queue ``batch`` for every exporter (just ``only``, or all but ``skip``);
+        ResourceExhausted when any queue is full.
 
         Room is checked in every queue first, so a refusal normally changes nothing; if a
         queue fills in between, the sender's retry is delivered twice to the exporters that
@@ -107,14 +114,18 @@ class Forwarder:
         # arrived compressed leaves without being compressed again.
         payload = batch.compressed or bytes(cramjam.snappy.compress_raw(batch.write_request))
         self.check_room(len(payload))
-        if len(self._routes) == 1:  # the common case: no gather, whose tasks cost loop turns
-            await self._routes[0].queue.append(payload, count=batch.sample_count,
-                                               tenant=batch.tenant)
+        routes = self._routes
+        if only is not None or skip:
+            routes = [r for r in routes if (r.config.name == only if only is not None
+                                            else r.config.name not in skip)]
+        if len(routes) == 1:  # the common case: no gather, whose tasks cost loop turns
+            await routes[0].queue.append(payload, count=batch.sample_count,
+                                         tenant=batch.tenant)
             return
         await asyncio.gather(*(
             route.queue.append(payload, count=batch.sample_count,
                                tenant=batch.tenant)
-            for route in self._routes))
+            for route in routes))
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """Send what can be sent within ``grace``; the rest stays queued for the next start."""

@@ -20,6 +20,7 @@ from metrics_pipeline.ingest_metrics import IngestMetrics
 from metrics_pipeline.ingest_otlp import OtlpIngest
 from metrics_pipeline.policy_follow import PolicyFollower, static_policies
 from metrics_pipeline.policy_stage import PolicyStage
+from metrics_pipeline.profile_feeds import ProfileFeeds
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.core.policy.engine import PolicyEngine
 from phoenixcp.errors import ConfigError
@@ -50,8 +51,10 @@ class Pipeline:
         self.engine = PolicyEngine(replica_id=config.replica_id,
                                    default_flush=pipeline.merge_flush_interval)
         self._static = static_policies(pipeline.static_policies)
+        feeds = ProfileFeeds(replica_id=config.replica_id, exporters=self._forwarder.names,
+                             default_flush=pipeline.merge_flush_interval)
         self.stage = PolicyStage(engine=self.engine, forwarder=self._forwarder,
-                                 registry=registry,
+                                 registry=registry, feeds=feeds,
                                  flush_check=pipeline.policy_flush_check.total_seconds())
         self._policies = PolicyFollower(engine=self.engine, stage=self.stage,
                                         static=self._static, registry=registry,

@@ -101,7 +101,10 @@ class PolicyFollower:
 
     def _apply(self, view: PolicyView | None) -> None:
         self.view = view
-        self._engine.apply(_Source(view, self._static))
+        source = _Source(view, self._static)
+        self._engine.apply(source)
+        if self._stage.feeds is not None:
+            self._stage.feeds.apply(source)
         self._stage.applied()
 
     async def follow(self, cluster: ClusterMember) -> None:

@@ -21,6 +21,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from metrics_pipeline.forwarding import Forwarder
+from metrics_pipeline.profile_feeds import ProfileFeeds
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.core.policy.engine import MergedOutput, PolicyEngine
 from phoenixcp.core.policy.window import TenantSnapshot
@@ -58,13 +59,16 @@ class PolicyStage:
     """Receivers call :meth:`accept`; ``start``/``shutdown`` run the merged-output loop."""
 
     def __init__(self, *, engine: PolicyEngine, forwarder: Forwarder,
-                 registry: CollectorRegistry, flush_check: float = 0.5) -> None:
+                 registry: CollectorRegistry, flush_check: float = 0.5,
+                 feeds: ProfileFeeds | None = None) -> None:
         self.engine = engine
+        self.feeds = feeds
         self._forwarder = forwarder
         self._metrics = _StageMetrics(registry)
         self._flush_check = flush_check
         self._task: asyncio.Task[None] | None = None
-        self._backlog: list[MetricBatch] = []
+        self._backlog: list[tuple[MetricBatch, str | None, frozenset[str]]] = []
+        """Merged output waiting for room: (batch, only this exporter, or all but these)."""
         self._closed = False
 
     async def accept(self, batch: MetricBatch) -> None:
@@ -72,8 +76,12 @@ class PolicyStage:
         queue has no room for it."""
         self._forwarder.check_room(len(batch.compressed or batch.write_request))
         outcome = self.engine.process(batch)
+        claimed = self.feeds.claimed if self.feeds is not None else frozenset()
         if outcome.passthrough is not None:
-            await self._forwarder.accept(outcome.passthrough)
+            await self._forwarder.accept(outcome.passthrough, skip=claimed)
+        if self.feeds is not None and self.feeds.feeds:
+            for exporter, fed in self.feeds.process(batch):
+                await self._forwarder.accept(fed, only=exporter)
         tally = outcome.tally
         counter = self._metrics.points
         passed = tally.received - tally.dropped - tally.merged - tally.overflowed
@@ -92,6 +100,8 @@ class PolicyStage:
     def windows(self, *, replica_count: int) -> list[TenantSnapshot]:
         """Close the engine's windows; counts per-policy effects on /metrics."""
         snapshots = self.engine.close_window(replica_count=replica_count)
+        if self.feeds is not None:
+            self.feeds.end_windows()
         for snap in snapshots:
             for metric in snap.metrics:
                 for t in metric.policies:
@@ -111,15 +121,26 @@ class PolicyStage:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._flush_check)
-            await self._flush(self.engine.flush())
+            await self._flush(force=False)
 
-    async def _flush(self, outputs: list[MergedOutput]) -> None:
-        for output in outputs:
-            self._metrics.points.labels(output.tenant, "emitted").inc(len(output.points))
-            self._backlog.append(batch_of_points(output.tenant, output.points))
+    def _due(self, *, force: bool) -> list[tuple[MergedOutput, str | None, frozenset[str]]]:
+        claimed = self.feeds.claimed if self.feeds is not None else frozenset()
+        due: list[tuple[MergedOutput, str | None, frozenset[str]]] = [
+            (o, None, claimed) for o in self.engine.flush(force=force)]
+        if self.feeds is not None:
+            due.extend((o, exporter, frozenset()) for exporter, o in
+                       self.feeds.flush(force=force))
+        return due
+
+    async def _flush(self, *, force: bool) -> None:
+        for output, only, skip in self._due(force=force):
+            if only is None:  # a feed's output is not the active profile's: not counted
+                self._metrics.points.labels(output.tenant, "emitted").inc(len(output.points))
+            self._backlog.append((batch_of_points(output.tenant, output.points), only, skip))
         while self._backlog:
+            batch, only, skip = self._backlog[0]
             try:
-                await self._forwarder.accept(self._backlog[0])
+                await self._forwarder.accept(batch, only=only, skip=skip)
             except ResourceExhausted as exc:
                 log.warning("queue full; merged output waits", extra={"fields": {
                     "error": str(exc), "waiting_batches": len(self._backlog)}})
@@ -138,7 +159,7 @@ class PolicyStage:
                 await self._task
         try:
             async with asyncio.timeout(grace):
-                await self._flush(self.engine.flush(force=True))
+                await self._flush(force=True)
         except TimeoutError:
             log.error("merged output could not be queued before shutdown", extra={"fields": {
                 "batches": len(self._backlog)}})
