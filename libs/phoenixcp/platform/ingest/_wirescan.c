@@ -48,6 +48,7 @@
 static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint64_t xround(uint64_t acc, uint64_t in) {
     acc += in * P2; acc = rotl64(acc, 31); return acc * P1;
 }
@@ -55,15 +56,21 @@ static inline uint64_t xmerge(uint64_t acc, uint64_t v) {
     acc ^= xround(0, v); return acc * P1 + P4;
 }
 
-static uint64_t xxh64(const uint8_t *p, size_t len) {
+#define HOT static inline __attribute__((always_inline))
+
+/* xxh64 of p[0:len] that also ORs every byte it reads into *seen (its high bits then tell
+ * whether all bytes are ASCII): the scanner's fast path reads the label bytes once for
+ * both. */
+HOT uint64_t xxh64_seen(const uint8_t *p, size_t len, uint64_t *seen) {
     const uint8_t *end = p + len;
-    uint64_t h;
+    uint64_t h, acc = 0;
     if (len >= 32) {
         const uint8_t *limit = end - 32;
         uint64_t v1 = P1 + P2, v2 = P2, v3 = 0, v4 = (uint64_t)0 - P1;
         do {
-            v1 = xround(v1, rd64(p)); v2 = xround(v2, rd64(p + 8));
-            v3 = xround(v3, rd64(p + 16)); v4 = xround(v4, rd64(p + 24));
+            uint64_t a = rd64(p), b = rd64(p + 8), c = rd64(p + 16), d = rd64(p + 24);
+            acc |= a | b | c | d;
+            v1 = xround(v1, a); v2 = xround(v2, b); v3 = xround(v3, c); v4 = xround(v4, d);
             p += 32;
         } while (p <= limit);
         h = rotl64(v1, 1) + rotl64(v2, 7) + rotl64(v3, 12) + rotl64(v4, 18);
@@ -72,11 +79,23 @@ static uint64_t xxh64(const uint8_t *p, size_t len) {
         h = P5;
     }
     h += (uint64_t)len;
-    while (p + 8 <= end) { h ^= xround(0, rd64(p)); h = rotl64(h, 27) * P1 + P4; p += 8; }
-    if (p + 4 <= end) { h ^= (uint64_t)rd32(p) * P1; h = rotl64(h, 23) * P2 + P3; p += 4; }
-    while (p < end) { h ^= (*p) * P5; h = rotl64(h, 11) * P1; p++; }
+    while (p + 8 <= end) {
+        uint64_t a = rd64(p);
+        acc |= a; h ^= xround(0, a); h = rotl64(h, 27) * P1 + P4; p += 8;
+    }
+    if (p + 4 <= end) {
+        uint32_t a = rd32(p);
+        acc |= a; h ^= (uint64_t)a * P1; h = rotl64(h, 23) * P2 + P3; p += 4;
+    }
+    while (p < end) { acc |= *p; h ^= (*p) * P5; h = rotl64(h, 11) * P1; p++; }
     h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32;
+    *seen = acc;
     return h;
+}
+
+static uint64_t xxh64(const uint8_t *p, size_t len) {
+    uint64_t seen;
+    return xxh64_seen(p, len, &seen);
 }
 
 /* ---- wire format ---- */
@@ -94,8 +113,6 @@ static int fail(err_t *e, const char *kind, Py_ssize_t series, const void *d, Py
     return -1;
 }
 #define MALFORMED(e, s, msg) fail((e), "malformed", (s), (msg), (Py_ssize_t)strlen(msg))
-
-#define HOT static inline __attribute__((always_inline))
 
 HOT int varint(cur_t *c, uint64_t *out) {
     if (c->p < c->end && *c->p < 0x80) { *out = *c->p++; return 0; }
@@ -174,11 +191,16 @@ typedef struct { const uint8_t *name, *value; Py_ssize_t nlen, vlen; } label_t;
 
 static size_t varint_len(uint64_t v) { size_t n = 1; while (v >= 0x80) { v >>= 7; n++; } return n; }
 
-HOT int label_cmp(const label_t *a, const label_t *b) {
-    Py_ssize_t n = a->nlen < b->nlen ? a->nlen : b->nlen;
+/* Byte order of two names, then the shorter first. */
+HOT int name_cmp(const uint8_t *a, Py_ssize_t an, const uint8_t *b, Py_ssize_t bn) {
+    Py_ssize_t n = an < bn ? an : bn;
     for (Py_ssize_t i = 0; i < n; i++)  /* names are short: no libc call */
-        if (a->name[i] != b->name[i]) return (int)a->name[i] - (int)b->name[i];
-    return (a->nlen > b->nlen) - (a->nlen < b->nlen);
+        if (a[i] != b[i]) return (int)a[i] - (int)b[i];
+    return (an > bn) - (an < bn);
+}
+
+HOT int label_cmp(const label_t *a, const label_t *b) {
+    return name_cmp(a->name, a->nlen, b->name, b->nlen);
 }
 
 /* Parse one Label message; values (and, with check_name, names) must be UTF-8. Returns 1
@@ -336,24 +358,36 @@ static int scan_series_exact(cur_t c, Py_ssize_t si, scratch_t *s, uint64_t *key
  *
  * Prometheus, vmagent and the Collector send every series the same way: the labels first,
  * sorted, each Label encoded canonically (0x0a len 0x0a nlen name 0x12 vlen value, one-byte
- * lengths, non-empty value), then the samples; names and values are almost always ASCII.
+ * lengths, non-empty value), then the samples (0x12 len 0x09 value 0x10 timestamp); names
+ * and values are almost always ASCII; consecutive series mostly have the same label names.
  * For that shape, scan_series_fast() does the same checks as scan_series_exact() with
- * cheaper means:
- *   - one ASCII test over the whole label region, 8 bytes at a time, instead of a UTF-8
- *     pass per value (UTF-8 is only validated per value when a byte >= 0x80 is present);
- *   - name patterns checked 8 bytes at a time (SWAR) instead of a table lookup per byte;
- *   - strictly increasing names imply no duplicates, so that pass is skipped.
+ * cheaper means, in one walk over the labels that stores none of them:
+ *   - a Label's four header bytes are checked as one word;
+ *   - a name equal to the one at the same position in an earlier series of the request
+ *     (names_t) is known to match the pattern; others are checked 8 bytes at a time
+ *     (SWAR) instead of a table lookup per byte;
+ *   - names are compared (sorted, no duplicates) by their first 8 bytes as one big-endian
+ *     word, byte by byte only when those are equal: strictly increasing names imply no
+ *     duplicates, so that pass is skipped;
+ *   - the ASCII test rides on the hash's reads of the label bytes (UTF-8 is only validated
+ *     per value when a byte >= 0x80 is present);
+ *   - a Sample of the usual shape is checked without the generic field loop.
  * It reports no errors: on anything unusual or invalid it returns 1 and the series is
  * scanned again by scan_series_exact(), which therefore alone decides the error (kind,
- * detail and precedence are unchanged). Counters and *key are only written on success. */
+ * detail and precedence are unchanged). Counters and *key are only written on success.
+ * Words are read little-endian, as in xxh64. */
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "_wirescan reads words as little-endian (xxh64, the SWAR checks)"
+#endif
 
 #define ONES 0x0101010101010101ULL
 #define HIGH 0x8080808080808080ULL
 
 /* High bit set in every byte lane of x that is not in [a-zA-Z0-9_] (plus ':' when
- * colon). Bytes >= 0x80 are always flagged. The range tests add to 7-bit lanes, so no
- * carry crosses into the next lane: (y + (0x80 - lo)) has bit 7 set iff y >= lo, and
- * (y + (0x7f - hi)) has it set iff y > hi. */
+ * colon). Bytes >= 0x80 and zero bytes are always flagged. The range tests add to 7-bit
+ * lanes, so no carry crosses into the next lane: (y + (0x80 - lo)) has bit 7 set iff
+ * y >= lo, and (y + (0x7f - hi)) has it set iff y > hi. */
 HOT uint64_t bad_name_lanes(uint64_t x, int colon) {
     uint64_t y = x & ~HIGH;
     uint64_t digit = (y + ONES * (0x80 - '0')) & ~(y + ONES * (0x7F - '9'));
@@ -365,31 +399,27 @@ HOT uint64_t bad_name_lanes(uint64_t x, int colon) {
     return (~ok | x) & HIGH;
 }
 
-/* name_ok() for the label or metric name pattern, 8 bytes at a time. `lo` is the start of
- * readable memory before s: a tail shorter than 8 bytes is read as the 8 bytes ending at
- * s + n (when that stays >= lo) and the lanes before s are ignored. */
-HOT int name_ok_fast(const uint8_t *s, Py_ssize_t n, const uint8_t *lo, int colon) {
-    const unsigned char *first = colon ? METRIC_FIRST : LABEL_FIRST;
-    if (n == 0 || !first[s[0]]) return 0;
-    const uint8_t *p = s, *end = s + n;
-    while (end - p >= 8) { if (bad_name_lanes(rd64(p), colon)) return 0; p += 8; }
-    Py_ssize_t rem = end - p;
-    if (rem == 0) return 1;
-    if (end - lo >= 8) /* keep only the top `rem` lanes, the bytes p .. end-1 */
-        return !(bad_name_lanes(rd64(end - 8), colon) & ~((1ULL << (8 * (8 - rem))) - 1));
-    return name_ok(p, rem, colon ? METRIC_REST : LABEL_REST, colon ? METRIC_REST : LABEL_REST);
+/* The high bits of the first n byte lanes (all eight when n >= 8). */
+HOT uint64_t lanes(Py_ssize_t n) { return n >= 8 ? HIGH : HIGH >> (8 * (8 - n)); }
+
+/* The first min(n, 8) bytes at p as a word, the lanes past n zero; n <= end - p, and no
+ * byte at or after end is read. */
+HOT uint64_t head_word(const uint8_t *p, Py_ssize_t n, const uint8_t *end) {
+    if (end - p >= 8) return n >= 8 ? rd64(p) : rd64(p) & ((1ULL << (8 * n)) - 1);
+    uint64_t w = 0;
+    memcpy(&w, p, (size_t)n); /* n < 8 here: near the end of the buffer */
+    return w;
 }
 
-/* Whether n bytes are all < 0x80. */
-HOT int ascii_only(const uint8_t *s, Py_ssize_t n) {
-    uint64_t acc = 0;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) acc |= rd64(s + i);
-    if (i < n) {
-        if (n >= 8) acc |= rd64(s + n - 8); /* the last 8 bytes, overlapping */
-        else for (; i < n; i++) acc |= s[i];
-    }
-    return !(acc & HIGH);
+/* Whether the n >= 1 bytes at s match the label name pattern (with colon: the metric name
+ * pattern); w is head_word(s, n, end). */
+HOT int name_valid(const uint8_t *s, Py_ssize_t n, uint64_t w, const uint8_t *end,
+                   int colon) {
+    if (!(colon ? METRIC_FIRST : LABEL_FIRST)[s[0]]) return 0;
+    if (bad_name_lanes(w, colon) & lanes(n)) return 0;
+    for (Py_ssize_t k = 8; k < n; k += 8)
+        if (bad_name_lanes(head_word(s + k, n - k, end), colon) & lanes(n - k)) return 0;
+    return 1;
 }
 
 /* A Sample, Histogram or other message that only has to be well formed. */
@@ -399,62 +429,112 @@ HOT int well_formed(cur_t c) {
     return 1;
 }
 
+/* well_formed() for a Sample, quicker for the usual encoding: 0x09, the 8-byte value,
+ * 0x10, then a timestamp varint of k <= 8 bytes ending the Sample, which is well formed
+ * iff its last byte alone has the high bit clear. Those k bytes are the top k lanes of the
+ * word ending at end (it starts after q[0], inside the Sample). */
+HOT int sample_ok(const uint8_t *q, const uint8_t *end) {
+    Py_ssize_t k = end - q - 10;
+    if (k >= 1 && k <= 8 && q[0] == 0x09 && q[9] == 0x10) {
+        uint64_t top = HIGH << (8 * (8 - k)); /* the high bits of the top k lanes */
+        if ((rd64(end - 8) & top) == (top & (HIGH >> 8))) return 1;
+    }
+    cur_t c = {q, end};
+    return well_formed(c);
+}
+
+/* The label name last checked at each of the first NAME_MEMO positions of a request's
+ * series (consecutive series mostly have the same names): a name equal to the one kept
+ * for its position matches the pattern, as that one did. Pointers are into the request's
+ * buffer, valid for the whole scan. */
+#define NAME_MEMO 32
+typedef struct {
+    const uint8_t *name[NAME_MEMO];
+    uint64_t head[NAME_MEMO]; /* head_word() of the name */
+    Py_ssize_t len[NAME_MEMO]; /* 0: nothing remembered yet (names are not empty) */
+} names_t;
+
+/* Whether the names a and b, both n > 8 bytes long and their first 8 bytes equal, are
+ * equal; both end before `end`. */
+HOT int same_tail(const uint8_t *a, const uint8_t *b, Py_ssize_t n, const uint8_t *end) {
+    for (Py_ssize_t k = 8; k < n; k += 8)
+        if (head_word(a + k, n - k, end) != head_word(b + k, n - k, end)) return 0;
+    return 1;
+}
+
 /* 0 and the results when the series is valid and has the common shape; 1 when it has to go
  * through scan_series_exact() (unusual shape, or invalid: that one finds the error). */
-static int scan_series_fast(cur_t c, scratch_t *s, uint64_t *key,
-                            uint64_t *samples, uint64_t *histograms) {
-    uint32_t num, wt; cur_t sub;
-    Py_ssize_t n = 0;
-    uint64_t ns = 0, nh = 0;
-    const uint8_t *region = c.p, *region_end = c.p; /* labels must come first, contiguous */
-    while (c.p < c.end) {
-        const uint8_t *f = c.p;
-        if (f[0] == 0x0a && c.end - f >= 2 && f[1] < 0x80 && f[1] <= c.end - f - 2) {
-            /* a Label with a one-byte tag and length, in the canonical form */
-            const uint8_t *l = f + 2; Py_ssize_t len = f[1];
-            if (f != region_end || len < 4 || l[0] != 0x0a || l[1] >= 0x80
-                || l[1] + 4 > len || l[2 + l[1]] != 0x12 || l[3 + l[1]] >= 0x80
-                || 4 + l[1] + l[3 + l[1]] != len || l[3 + l[1]] == 0)
-                return 1;
-            if (grow((void **)&s->labels, &s->cap, n + 1, sizeof(label_t)) < 0) return 1;
-            label_t *L = &s->labels[n];
-            L->name = l + 2; L->nlen = l[1];
-            L->value = l + 4 + l[1]; L->vlen = l[3 + l[1]];
-            if (n && label_cmp(L - 1, L) >= 0) return 1; /* unsorted or duplicate */
-            n++;
-            c.p = region_end = l + len;
-            continue;
-        }
-        if (field(&c, &num, &wt, &sub) < 0) return 1;
-        if (num >= 1 && num <= 4 && wt != 2) return 1;
-        if (num == 1 || num == 3) return 1; /* a non-canonical Label, or exemplars */
-        if (num == 2) { if (!well_formed(sub)) return 1; ns++; }
-        else if (num == 4) { if (!well_formed(sub)) return 1; nh++; }
-    }
-    if (n == 0) return 1;
-    label_t *L = s->labels;
-    if (!ascii_only(region, region_end - region)) { /* rare: check each value in full */
-        for (Py_ssize_t i = 0; i < n; i++) if (!utf8_ok(L[i].value, L[i].vlen)) return 1;
-    }
+static int scan_series_fast(cur_t c, names_t *memo, uint64_t *key, uint64_t *samples,
+                            uint64_t *histograms) {
+    const uint8_t *p = c.p, *end = c.end, *region = c.p, *prev = NULL;
+    Py_ssize_t prev_len = 0;
+    uint64_t prev_key = 0; /* below any valid name's key: a name's first byte is not 0 */
+    uint64_t ns = 0, nh = 0, seen;
+    const uint64_t name_word = rd64((const uint8_t *)"__name__");
     int have_name = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!name_ok_fast(L[i].name, L[i].nlen, region, 0)) return 1;
-        if (L[i].nlen == 8 && memcmp(L[i].name, "__name__", 8) == 0) {
-            have_name = 1;
-            if (!name_ok_fast(L[i].value, L[i].vlen, region, 1)) return 1;
-        } else if (L[i].nlen >= 2 && L[i].name[0] == '_' && L[i].name[1] == '_') {
+    Py_ssize_t i = 0;
+    /* The labels, first and contiguous: 0x0a len 0x0a nlen name 0x12 vlen value, with
+     * one-byte lengths, 1 <= nlen and 1 <= vlen (so at least 8 bytes). */
+    while (end - p >= 8 && (rd32(p) & 0x80FF80FFu) == 0x000A000Au) {
+        Py_ssize_t len = p[1], nlen = p[3];
+        if (len > end - p - 2 || nlen == 0 || nlen + 5 > len) return 1;
+        const uint8_t *name = p + 4, *vtag = name + nlen;
+        unsigned vhead = rd16(vtag); /* 0x12, then vlen < 0x80 (vlen >= 1 as nlen + 5 <= len) */
+        Py_ssize_t vlen = vhead >> 8;
+        if ((vhead & 0x80FFu) != 0x0012u || nlen + 4 + vlen != len) return 1;
+        uint64_t w = head_word(name, nlen, end);
+        if (i < NAME_MEMO) {
+            if (memo->len[i] != nlen || memo->head[i] != w
+                || (nlen > 8 && !same_tail(memo->name[i], name, nlen, end))) {
+                if (!name_valid(name, nlen, w, end, 0)) return 1;
+                memo->name[i] = name; memo->head[i] = w; memo->len[i] = nlen;
+            }
+        } else if (!name_valid(name, nlen, w, end, 0)) {
             return 1;
         }
+        uint64_t k = __builtin_bswap64(w); /* orders as the name's first 8 bytes do */
+        if (k < prev_key || (k == prev_key && name_cmp(prev, prev_len, name, nlen) >= 0))
+            return 1; /* unsorted or duplicate */
+        prev = name; prev_len = nlen; prev_key = k;
+        if ((w & 0xFFFF) == 0x5F5F) { /* "__": reserved, but for __name__ */
+            if (w != name_word || nlen != 8) return 1;
+            const uint8_t *v = vtag + 2;
+            if (!name_valid(v, vlen, head_word(v, vlen, end), end, 1)) return 1;
+            have_name = 1;
+        }
+        p += 2 + len;
+        i++;
     }
-    if (!have_name) return 1;
-    *key = xxh64(region, (size_t)(region_end - region));
+    if (!have_name) return 1; /* also: no labels, or the first Label not canonical */
+    const uint8_t *region_end = p;
+    while (p < end) {
+        if (p[0] == 0x12 && end - p >= 2 && p[1] < 0x80 && p[1] <= end - p - 2) {
+            if (!sample_ok(p + 2, p + 2 + p[1])) return 1;
+            ns++;
+            p += 2 + p[1];
+            continue;
+        }
+        uint32_t num, wt; cur_t f = {p, end}, sub;
+        if (field(&f, &num, &wt, &sub) < 0) return 1;
+        if (num >= 1 && num <= 4 && wt != 2) return 1;
+        if (num == 1 || num == 3) return 1; /* a Label after other fields, or exemplars */
+        if (num == 2) { if (!well_formed(sub)) return 1; ns++; }
+        else if (num == 4) { if (!well_formed(sub)) return 1; nh++; }
+        p = f.p;
+    }
+    uint64_t h = xxh64_seen(region, (size_t)(region_end - region), &seen);
+    if (seen & HIGH) { /* rare: check each value in full (names are ASCII, checked above) */
+        for (const uint8_t *l = region; l < region_end; l += 2 + l[1])
+            if (!utf8_ok(l + 6 + l[3], l[5 + l[3]])) return 1;
+    }
+    *key = h;
     *samples += ns; *histograms += nh;
     return 0;
 }
 
-static int scan_series(cur_t c, Py_ssize_t si, scratch_t *s, uint64_t *key,
+static int scan_series(cur_t c, Py_ssize_t si, scratch_t *s, names_t *memo, uint64_t *key,
                        uint64_t *samples, uint64_t *histograms, err_t *e) {
-    if (scan_series_fast(c, s, key, samples, histograms) == 0) return 0;
+    if (scan_series_fast(c, memo, key, samples, histograms) == 0) return 0;
     return scan_series_exact(c, si, s, key, samples, histograms, e);
 }
 
@@ -485,6 +565,8 @@ static PyObject *scan(PyObject *self, PyObject *arg) {
     const uint8_t *base = (const uint8_t *)view.buf;
     cur_t c = {base, base + view.len};
     scratch_t s = {NULL, 0, NULL, 0};
+    names_t memo;
+    memset(memo.len, 0, sizeof memo.len);
     uint64_t *keys = NULL; Py_ssize_t nkeys = 0, kcap = 0, nmeta = 0;
     span_t *spans = NULL; Py_ssize_t scap = 0;
     uint8_t *other = NULL; Py_ssize_t nother = 0, ocap = 0;
@@ -501,7 +583,7 @@ static PyObject *scan(PyObject *self, PyObject *arg) {
             if (grow((void **)&keys, &kcap, nkeys + 1, sizeof(uint64_t)) < 0
                 || grow((void **)&spans, &scap, nkeys + 1, sizeof(span_t)) < 0) { rc = -2; break; }
             uint64_t s0 = samples, h0 = histograms;
-            rc = scan_series(sub, nkeys, &s, &keys[nkeys], &samples, &histograms, &e);
+            rc = scan_series(sub, nkeys, &s, &memo, &keys[nkeys], &samples, &histograms, &e);
             if (rc) break;
             span_t *sp = &spans[nkeys];
             sp->start = (uint32_t)(fs - base); sp->end = (uint32_t)(c.p - base);
