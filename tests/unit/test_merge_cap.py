@@ -45,6 +45,33 @@ def test_an_overflowed_series_stays_in_overflow_until_it_goes_idle() -> None:
     assert cap.admit("m", "b", 30_000)  # forgotten, routed afresh
 
 
+def test_lower_classes_go_to_overflow_first() -> None:
+    """A full scope makes room for a better class by pushing out the latest series of the
+    worst class below it; never one of the newcomer's class or better."""
+    high, medium, low = 2, 3, 4
+    cap = SeriesCap(config=CapConfig(max_series=3))
+    assert [cap.admit("m", s, 0, p) for s, p in
+            (("l1", low), ("m1", medium), ("l2", low))] == [True, True, True]
+    assert cap.admit("m", "h1", 1, high)  # pushes out l2, the latest LOW
+    assert cap.take_evicted() == [("m", "l2")]
+    assert cap.admit("m", "m2", 2, medium)  # pushes out l1: LOW goes before MEDIUM
+    assert cap.take_evicted() == [("m", "l1")]
+    assert not cap.admit("m", "m3", 3, medium)  # only its own class or better is left
+    assert not cap.admit("m", "l3", 3, low)
+    assert cap.admit("m", "h2", 4, high)  # MEDIUM goes before HIGH: the latest, m2
+    assert cap.take_evicted() == [("m", "m2")]
+    assert not cap.admit("m", "l1", 5, low)  # an evicted series stays in overflow
+    assert (cap.admitted_count("m"), cap.overflowed_count("m")) == (3, 5)
+    assert cap.take_evicted() == []
+
+
+def test_without_classes_the_cap_is_first_come_first_served() -> None:
+    cap = SeriesCap(config=CapConfig(max_series=1))
+    assert cap.admit("m", "a", 0)
+    assert not cap.admit("m", "b", 0)
+    assert cap.take_evicted() == []
+
+
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="max_series must be at least 1"):
         CapConfig(max_series=0)

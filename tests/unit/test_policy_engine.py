@@ -180,6 +180,38 @@ def test_critical_series_survive_every_policy() -> None:
     assert out.tally.dropped == 1
 
 
+def test_a_full_cap_pushes_lower_classes_into_overflow_first_and_totals_stay_exact() -> None:
+    """Route /low is LOW, /high HIGH; a cap of 2. A HIGH newcomer pushes the latest LOW
+    series into overflow: its next point still reaches its own series (which ends there)
+    and only starts its state in overflow, so own series + overflow = what was sent."""
+    clock = Clock()
+    classify = PolicySpec(id="tiers", action=Classify(default_class=PriorityClass.MEDIUM,
+                                                      rules=(
+        PriorityRule(PriorityClass.HIGH, (LabelMatcher("route", MatchOp.EQUAL, "/high"),)),
+        PriorityRule(PriorityClass.LOW, (LabelMatcher("route", MatchOp.EQUAL, "/low"),)))))
+    engine = engine_with(classify, PolicySpec(id="cap2", action=Cap(max_series=2)),
+                         clock=clock)
+    own: dict[str, float] = {}
+
+    def send(ts: int, values: dict[tuple[int, str], float]) -> None:
+        out = engine.process(batch([req(u, v, route=r) for (u, r), v in values.items()], ts))
+        own.update({f"{dict(k)['user_id']}{dict(k)['route']}": v
+                    for k, v in parsed(out.passthrough).items()})
+
+    send(1000, {(1, "/low"): 10.0, (2, "/low"): 20.0})
+    send(2000, {(1, "/low"): 11.0, (2, "/low"): 21.0, (3, "/high"): 5.0})
+    assert own == {"u1/low": 11.0, "u2/low": 21.0, "u3/high": 5.0}  # u2 pushed out now
+    send(3000, {(1, "/low"): 12.0, (2, "/low"): 25.0, (3, "/high"): 6.0})
+    assert own["u2/low"] == 25.0  # its own series ends at its hand-over point
+    send(4000, {(1, "/low"): 13.0, (2, "/low"): 30.0, (3, "/high"): 7.0})
+    assert own == {"u1/low": 13.0, "u2/low": 25.0, "u3/high": 7.0}
+    clock.ms += 15_000
+    overflow = merged(engine.flush())
+    (total,) = overflow.values()
+    assert total == 30.0 - 25.0  # only what u2 counted after the hand-over
+    assert sum(own.values()) + total == 13.0 + 30.0 + 7.0
+
+
 def test_dry_run_changes_nothing_and_reports_what_it_would_do() -> None:
     clock = Clock()
     engine = engine_with(PolicySpec(id="would-drop", action=Drop(), mode=PolicyMode.DRY_RUN),

@@ -28,6 +28,9 @@ class CapConfig:
 class _Scope:
     admitted: dict[Hashable, int] = field(default_factory=dict)
     overflowed: dict[Hashable, int] = field(default_factory=dict)
+    ranked: dict[int, dict[Hashable, None]] = field(default_factory=dict)
+    """Admitted series of a class below the best (in admission order), by class: whom a
+    newcomer of a better class may push out."""
 
 
 class SeriesCap:
@@ -44,26 +47,67 @@ class SeriesCap:
     The caller sends an overflowed series' points to a merger (see
     :class:`~phoenixcp.core.aggregation.CumulativeMerger`) under the overflow group, so the
     metric's total stays exact. Keeping the *important* series is top-K's job, not this one.
+
+    Priority classes (``priority``, lower is more important; common.proto's PriorityClass):
+    when the scope is full, a newcomer of a better class than some admitted series pushes the
+    most recently admitted series of the worst such class into overflow and takes its place
+    ("lower classes go first"). The caller learns of it from :meth:`take_evicted` and must
+    hand the evicted series over to overflow from its last value (its next point seeds the
+    overflow total rather than adding to it), so totals stay exact.
     """
 
     def __init__(self, *, config: CapConfig) -> None:
         self.config = config
         self._idle_ms = int(config.idle_timeout / timedelta(milliseconds=1))
         self._scopes: dict[Hashable, _Scope] = {}
+        self._evicted: list[tuple[Hashable, Hashable]] = []
 
-    def admit(self, scope: Hashable, series: Hashable, now_ms: int) -> bool:
-        """True when ``series`` keeps its own output series, False when it overflows."""
+    def admit(self, scope: Hashable, series: Hashable, now_ms: int,
+              priority: int | None = None) -> bool:
+        """True when ``series`` keeps its own output series, False when it overflows.
+        ``priority`` None: no classification is in play (first come, first served)."""
         state = self._scopes.get(scope)
         if state is None:
             state = self._scopes[scope] = _Scope()
         if series in state.admitted:
             state.admitted[series] = now_ms
             return True
-        if series not in state.overflowed and len(state.admitted) < self.config.max_series:
-            state.admitted[series] = now_ms
-            return True
-        state.overflowed[series] = now_ms
-        return False
+        if series in state.overflowed:
+            state.overflowed[series] = now_ms
+            return False
+        if len(state.admitted) >= self.config.max_series and (
+                priority is None or not self._evict(scope, state, priority, now_ms)):
+            state.overflowed[series] = now_ms
+            return False
+        state.admitted[series] = now_ms
+        if priority is not None and priority > 1:  # the best class is never pushed out
+            state.ranked.setdefault(priority, {})[series] = None
+        return True
+
+    def _evict(self, scope: Hashable, state: _Scope, priority: int, now_ms: int) -> bool:
+        """Push the latest admitted series of the worst class below ``priority`` into
+        overflow; False when there is none."""
+        for cls in sorted((c for c in state.ranked if c > priority), reverse=True):
+            members = state.ranked[cls]
+            while members:  # members that went idle are dropped here, lazily
+                victim, _ = members.popitem()
+                if victim in state.admitted:
+                    break
+            else:
+                continue
+            break
+        else:
+            return False
+        del state.admitted[victim]
+        state.overflowed[victim] = now_ms
+        self._evicted.append((scope, victim))
+        return True
+
+    def take_evicted(self) -> list[tuple[Hashable, Hashable]]:
+        """``(scope, series)`` pushed into overflow by better-class newcomers since the last
+        call (the caller re-routes them)."""
+        out, self._evicted = self._evicted, []
+        return out
 
     def touch(self, scope: Hashable, series: Iterable[Hashable], now_ms: int) -> None:
         """Mark ``series`` (already admitted or overflowed) as alive at ``now_ms``, keeping
@@ -88,6 +132,9 @@ class SeriesCap:
                 for s in idle:
                     del table[s]
                 forgotten += len(idle)
+            if sum(map(len, state.ranked.values())) > 2 * len(state.admitted) + 64:
+                state.ranked = {c: {s: None for s in m if s in state.admitted}
+                                for c, m in state.ranked.items()}
             if not state.admitted and not state.overflowed:
                 del self._scopes[scope]
         return forgotten

@@ -165,6 +165,9 @@ class _Tenant:
     watched: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Last (timestamp, value) of series a top-K keeps, to hand over if it is demoted."""
     handover: dict[int, Route] = field(default_factory=dict)
+    moved: dict[int, Route] = field(default_factory=dict)
+    """Series a cap pushed into overflow, with the route they had: their next point still
+    goes that way, and starts their input state in overflow without adding to it."""
     """Series just promoted by a top-K, with the ``other`` route their next point also feeds."""
     kind_cache: dict[str, MetricKind] = field(default_factory=dict)
     last_metadata: bytes = b""
@@ -311,6 +314,7 @@ class PolicyEngine:
             routed = self._route_all(tenant, keys[unrouted].tolist(), now_ms)
             tenant.index.route[slots[unrouted]] = routed
             ids[unrouted] = routed
+            self._take_evicted(tenant)
         codes = tenant.table.codes(ids)
         if not codes.any():
             return Outcome(batch, tally)
@@ -318,8 +322,12 @@ class PolicyEngine:
             # Native histograms are not merged (ADR 0007): such series pass unchanged.
             native = np.asarray(batch.series_spans[:, 3] > 0)
             codes[native & (codes >= _MERGE)] = _OBSERVE
-        passing = np.flatnonzero((codes <= _OBSERVE) | (codes == _WATCH))
-        merging = np.flatnonzero(codes >= _MERGE)
+        passes = (codes <= _OBSERVE) | (codes == _WATCH)
+        merges = codes >= _MERGE
+        if tenant.moved:
+            self._hand_over(tenant, batch, codes, ids, now_ms, passes, merges, tally)
+        passing = np.flatnonzero(passes)
+        merging = np.flatnonzero(merges)
         dropped = int(points[codes == _DROP].sum())
         tally.dropped += dropped
         tenant.window.tally.dropped += dropped
@@ -333,6 +341,67 @@ class PolicyEngine:
         if len(passing):
             passthrough = batch if len(passing) == len(codes) else batch.subset(passing)
         return Outcome(passthrough, tally)
+
+    def _take_evicted(self, tenant: _Tenant) -> None:
+        """Re-route the series that caps pushed into overflow to make room for a better
+        class, remembering the route each had (see :meth:`_hand_over`)."""
+        evicted = tenant.plan.take_evicted()
+        if not evicted:
+            return
+        index, routes = tenant.index, tenant.table.routes
+        wanted = np.fromiter(evicted, dtype=np.uint64, count=len(evicted))
+        found = index.find(wanted)  # series that count under a cap as themselves
+        hit = found[found >= 0]
+        # ... and inputs of merged or whole-histogram identities a cap counts.
+        via = [i for i, r in enumerate(routes)
+               if any(identity in evicted for _, _, identity in r.caps)]
+        if via:
+            hit = np.union1d(hit, np.flatnonzero(np.isin(index.route, via)))
+        for slot in hit.tolist():
+            route_id = int(index.route[slot])
+            if route_id >= 0:
+                tenant.moved[int(index.keys[slot])] = routes[route_id]
+            index.route[slot] = -1
+
+    def _hand_over(self, tenant: _Tenant, batch: MetricBatch, codes: npt.NDArray[np.int8],
+                   ids: npt.NDArray[np.int32], now_ms: int, passes: npt.NDArray[np.bool_],
+                   merges: npt.NDArray[np.bool_], tally: PointTally) -> None:
+        """The first point of a series a cap moved into overflow goes where the series went
+        before (its own output series, or its old merge group) and only starts its input
+        state in overflow, so no total counts it twice. Updates ``passes`` and ``merges``
+        (which series of the batch pass, and which the mergers still take)."""
+        keys = batch.series_keys
+        moved = np.fromiter(tenant.moved, dtype=np.uint64, count=len(tenant.moved))
+        here = np.flatnonzero((codes == _MERGE) & np.isin(keys, moved))
+        if not len(here):
+            return
+        series_index, timestamps, values = batch.samples(here)
+        routes = tenant.table.routes
+        key_list = keys[here].tolist()
+        for s, ts, value in zip(series_index.tolist(), timestamps.tolist(), values.tolist(),
+                                strict=True):
+            key = key_list[s]
+            old, new = tenant.moved[key], routes[ids[here[s]]]
+            if old.target is not None and old.code is Code.MERGE:
+                target = self._target(tenant.name, old.target, now_ms)
+                (target.cumulative if old.cumulative else target.gauge).observe(
+                    old.group, key, ts, value)
+            assert new.target is not None
+            target = self._target(tenant.name, new.target, now_ms)
+            if new.cumulative:
+                target.cumulative.seed(new.group, key, ts, value)
+            else:
+                target.gauge.observe(new.group, key, ts, value)
+        merged = 0
+        for s, (i, key) in enumerate(zip(here.tolist(), key_list, strict=True)):
+            old = tenant.moved.pop(key)
+            merges[i] = False
+            if old.code is Code.MERGE:
+                merged += int(np.count_nonzero(series_index == s))
+            else:
+                passes[i] = True
+        tally.merged += merged
+        tenant.window.tally.merged += merged
 
     def _learn(self, tenant: _Tenant, batch: MetricBatch) -> npt.NDArray[np.int64]:
         """The index slots of the batch's series; decodes the labels of those never seen
@@ -585,6 +654,7 @@ class PolicyEngine:
                 key = int(keys[i])
                 if key in tenant.catalog:
                     ids[i] = index.route[pos[i]] = table.id(self._route(tenant, key, now_ms))
+            self._take_evicted(tenant)
             self._touch(tenant, keys, ids, now_ms)
             ids = np.maximum(ids, 0)
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}

@@ -465,7 +465,9 @@ class Plan:
                 continue
             scope = name if state.action.scope is CapScope.PER_METRIC else ""
             identity = plain_key if plain_key is not None else _identity(current)
-            admitted = state.cap.admit(scope, identity, now_ms)
+            # Classes only matter where a classification applies to this metric.
+            admitted = state.cap.admit(scope, identity, now_ms,
+                                       int(priority) if c.classify else None)
             caps.append((index, scope, None if identity == plain_key else identity))
             tallies.append((p.id, not p.enforced, not admitted))
             if not admitted and p.enforced and not overflow:
@@ -539,6 +541,12 @@ class Plan:
     @property
     def ranks(self) -> bool:
         return bool(self._tk)
+
+    def take_evicted(self) -> set[int]:
+        """Cap identities (series keys, or the keys of whole histograms or merged series)
+        pushed into overflow by better-class newcomers since the last call."""
+        return {identity for state in self._caps for _, identity in state.cap.take_evicted()
+                if isinstance(identity, int)}
 
     def expire_caps(self, now_ms: int) -> int:
         """Forget cap places idle past their timeout; returns how many were freed."""
