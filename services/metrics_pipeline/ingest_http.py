@@ -1,20 +1,23 @@
 """HTTP ingest: Prometheus remote-write 1.0 (``POST /api/v1/write``) and OTLP/HTTP
-(``POST /v1/metrics``, protobuf, optionally gzip) on one port.
+(``POST /v1/metrics``, protobuf, optionally gzip) on one port, served by
+:class:`~phoenixcp.platform.ingest.HttpServer` (ADR 0010).
 
 Answers: 204 (remote-write) or 200 with an ``ExportMetricsServiceResponse`` (OTLP) once every
 point is durably queued; 400 with a message for bad data (never a 5xx, which would make the
 sender retry bad data forever); 413 for a body over the limit; 415 for an unsupported
-Content-Type; 429 with ``Retry-After`` when a queue is full.
+Content-Type; 429 with ``Retry-After`` when a queue is full. The tenant is the
+``X-Scope-OrgID`` header, else ``default``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import ssl
-import time
 from collections.abc import Awaitable, Callable
+from time import monotonic_ns
+from typing import Any
 
-from aiohttp import web
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
@@ -24,15 +27,24 @@ from phoenixcp.core.batch import MetricBatch
 from phoenixcp.errors import InvalidArgument, ResourceExhausted
 from phoenixcp.platform.ingest import (
     TENANT_HEADER,
+    HttpLimits,
+    HttpRequest,
+    HttpResponse,
+    HttpServer,
     decode_otlp_http,
     decode_remote_write,
     resolve_tenant,
 )
-from phoenixcp.platform.metrics_http import serve_app
 
 __all__ = ["HttpIngest"]
 
 Accept = Callable[[MetricBatch], Awaitable[None]]
+Decode = Callable[[HttpRequest, str], tuple[MetricBatch, HttpResponse]]
+
+PROTOBUF = "application/x-protobuf"
+_NO_CONTENT = HttpResponse(204)
+_OTLP_ALL_ACCEPTED = HttpResponse(200, ExportMetricsServiceResponse().SerializeToString(),
+                                  content_type=PROTOBUF)
 
 
 class HttpIngest:
@@ -45,77 +57,73 @@ class HttpIngest:
         self._accept = accept
         self._metrics = metrics
         self._ssl = ssl_context
-        self._runner: web.AppRunner | None = None
+        self._server: HttpServer | None = None
+        # ``.labels()`` costs microseconds; the children it returns are cached, and still
+        # created on first use, as before.
+        self._child: Callable[..., Any] = functools.cache(
+            lambda metric, *values: metric.labels(*values))
         self.bound_port: int | None = None
 
     async def start(self) -> int:
-        # aiohttp refuses bodies over client_max_size with 413 before we read them.
-        app = web.Application(client_max_size=self._max_bytes)
-        app.router.add_post("/api/v1/write", self._remote_write)
-        app.router.add_post("/v1/metrics", self._otlp)
         # The decoders inflate gzip themselves, bounded by max_bytes (a gzip bomb stops at the
-        # limit); aiohttp's own inflating would hand them bodies already decompressed.
-        self._runner, self.bound_port = await serve_app(
-            app, host=self._host, port=self._port, ssl_context=self._ssl, auto_decompress=False)
+        # limit); the server hands them bodies as sent, Content-Encoding intact.
+        self._server = HttpServer({
+            ("POST", "/api/v1/write"): functools.partial(
+                self._receive, "remote_write", self._decode_remote_write),
+            ("POST", "/v1/metrics"): functools.partial(self._receive, "otlp_http",
+                                                       self._decode_otlp),
+        }, host=self._host, port=self._port, ssl_context=self._ssl,
+            limits=HttpLimits(max_body_bytes=self._max_bytes))
+        self.bound_port = await self._server.start()
         return self.bound_port
 
     async def shutdown(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.shutdown()
 
-    async def _remote_write(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic_ns()
+    def _decode_remote_write(self, request: HttpRequest,
+                             tenant: str) -> tuple[MetricBatch, HttpResponse]:
+        batch = decode_remote_write(
+            request.body, tenant=tenant, content_encoding=request.header("Content-Encoding"),
+            max_bytes=self._max_bytes, received_at=request.received_ns)
+        return batch, _NO_CONTENT
 
-        async def work(body: bytes, tenant: str) -> tuple[MetricBatch, web.StreamResponse]:
-            batch = decode_remote_write(
-                body, tenant=tenant, content_encoding=request.headers.get("Content-Encoding"),
-                max_bytes=self._max_bytes, received_at=started)
-            return batch, web.Response(status=204)
+    def _decode_otlp(self, request: HttpRequest, tenant: str) -> tuple[MetricBatch, HttpResponse]:
+        batch, rejected = decode_otlp_http(
+            request.body, tenant=tenant, content_type=request.header("Content-Type"),
+            content_encoding=request.header("Content-Encoding"),
+            max_bytes=self._max_bytes, received_at=request.received_ns)
+        if not rejected.data_points:
+            return batch, _OTLP_ALL_ACCEPTED
+        self._child(self._metrics.rejected, "otlp_http", "partial").inc(rejected.data_points)
+        reply = ExportMetricsServiceResponse()
+        reply.partial_success.rejected_data_points = rejected.data_points
+        reply.partial_success.error_message = rejected.message
+        return batch, HttpResponse(200, reply.SerializeToString(), content_type=PROTOBUF)
 
-        return await self._handle("remote_write", request, work)
-
-    async def _otlp(self, request: web.Request) -> web.StreamResponse:
-        started = time.monotonic_ns()
-
-        async def work(body: bytes, tenant: str) -> tuple[MetricBatch, web.StreamResponse]:
-            batch, rejected = decode_otlp_http(
-                body, tenant=tenant, content_type=request.headers.get("Content-Type"),
-                content_encoding=request.headers.get("Content-Encoding"),
-                max_bytes=self._max_bytes, received_at=started)
-            reply = ExportMetricsServiceResponse()
-            if rejected.data_points:
-                self._metrics.rejected.labels("otlp_http", "partial").inc(rejected.data_points)
-                reply.partial_success.rejected_data_points = rejected.data_points
-                reply.partial_success.error_message = rejected.message
-            return batch, web.Response(body=reply.SerializeToString(),
-                                       content_type="application/x-protobuf")
-
-        return await self._handle("otlp_http", request, work)
-
-    async def _handle(
-        self, receiver: str, request: web.Request,
-        work: Callable[[bytes, str], Awaitable[tuple[MetricBatch, web.StreamResponse]]],
-    ) -> web.StreamResponse:
-        m = self._metrics
-        with m.latency.labels(receiver).time():
+    async def _receive(self, receiver: str, decode: Decode, request: HttpRequest) -> HttpResponse:
+        m, child = self._metrics, self._child
+        try:
             try:
-                tenant = resolve_tenant(request.headers.get(TENANT_HEADER))
-                body = await request.read()
-                batch, reply = await work(body, tenant)
+                tenant = resolve_tenant(request.header(TENANT_HEADER))
+                batch, reply = decode(request, tenant)
             except InvalidArgument as exc:
-                m.requests.labels(receiver, "invalid").inc()
+                child(m.requests, receiver, "invalid").inc()
                 status = 415 if exc.field == "Content-Type" else 400
-                return web.Response(status=status, text=f"{exc}\n")
-            m.received.labels(receiver).inc(batch.sample_count)
+                return HttpResponse.text(status, f"{exc}\n")
+            child(m.received, receiver).inc(batch.sample_count)
             try:
                 await self._accept(batch)
             except ResourceExhausted as exc:
-                m.requests.labels(receiver, "queue_full").inc()
-                m.rejected.labels(receiver, "queue_full").inc(batch.sample_count)
+                child(m.requests, receiver, "queue_full").inc()
+                child(m.rejected, receiver, "queue_full").inc(batch.sample_count)
                 retry = str(max(1, math.ceil(exc.retry_after or 1)))
-                return web.Response(status=429, headers={"Retry-After": retry},
-                                    text=f"{exc}; retry after {retry}s\n")
-            m.requests.labels(receiver, "accepted").inc()
-            m.accepted.labels(receiver).inc(batch.sample_count)
+                return HttpResponse.text(429, f"{exc}; retry after {retry}s\n",
+                                         headers={"Retry-After": retry})
+            child(m.requests, receiver, "accepted").inc()
+            child(m.accepted, receiver).inc(batch.sample_count)
             return reply
+        finally:
+            # From the headers parsed to the answer ready, as aiohttp's handler timing was.
+            child(m.latency, receiver).observe((monotonic_ns() - request.received_ns) / 1e9)
