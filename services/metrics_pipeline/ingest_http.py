@@ -6,7 +6,8 @@ Answers: 204 (remote-write) or 200 with an ``ExportMetricsServiceResponse`` (OTL
 point is durably queued; 400 with a message for bad data (never a 5xx, which would make the
 sender retry bad data forever); 413 for a body over the limit; 415 for an unsupported
 Content-Type; 429 with ``Retry-After`` when a queue is full. The tenant is the
-``X-Scope-OrgID`` header, else ``default``.
+``X-Scope-OrgID`` header, else the client certificate's SPIFFE ID (mTLS ingest), else
+``default`` (tenancy.py), as for OTLP/gRPC.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import math
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from time import monotonic_ns
 from typing import Any
 
@@ -77,10 +79,11 @@ class HttpIngest:
         self.bound_port = await self._server.start()
         return self.bound_port
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 60.0) -> None:
+        """Stop accepting; requests received finish within ``grace`` seconds. Idempotent."""
         if self._server is not None:
             server, self._server = self._server, None
-            await server.shutdown()
+            await server.shutdown(timedelta(seconds=grace))
 
     def _decode_remote_write(self, request: HttpRequest,
                              tenant: str) -> tuple[MetricBatch, HttpResponse]:
@@ -106,7 +109,8 @@ class HttpIngest:
         m, child = self._metrics, self._child
         try:
             try:
-                tenant = resolve_tenant(request.header(TENANT_HEADER))
+                tenant = resolve_tenant(request.header(TENANT_HEADER),
+                                        spiffe_id=_peer_spiffe_id(request))
                 batch, reply = decode(request, tenant)
             except InvalidArgument as exc:
                 child(m.requests, receiver, "invalid").inc()
@@ -127,3 +131,16 @@ class HttpIngest:
         finally:
             # From the headers parsed to the answer ready, as aiohttp's handler timing was.
             child(m.latency, receiver).observe((monotonic_ns() - request.received_ns) / 1e9)
+
+
+def _peer_spiffe_id(request: HttpRequest) -> str | None:
+    """The ``spiffe://`` URI SAN of the client certificate (mTLS ingest), else None; only
+    read when the request names no tenant header."""
+    if request.ssl_object is None or request.header(TENANT_HEADER):
+        return None
+    cert = request.ssl_object.getpeercert() or {}
+    for entry in cert.get("subjectAltName", ()):
+        if (isinstance(entry, tuple) and entry[0] == "URI" and isinstance(entry[1], str)
+                and entry[1].startswith("spiffe://")):
+            return entry[1]
+    return None

@@ -101,7 +101,7 @@ class Pipeline:
         if self._otlp is not None:
             await self._otlp.shutdown(self._grace)
         if self._http is not None:
-            await self._http.shutdown()
+            await self._http.shutdown(self._grace)
         await self._policies.shutdown()
         await self.stage.shutdown(self._grace)
         await self._forwarder.shutdown(self._grace)
