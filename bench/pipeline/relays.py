@@ -176,6 +176,10 @@ class VmagentRelay(EmbeddedVmagent):
         return Disposal(dropped=sum(n for _, n in by_name), by_action=by_name)
 
 
+class _PortTaken(Exception):
+    """The pipeline could not bind a port picked for it."""
+
+
 class PhoenixRelay:
     """``python -m metrics_pipeline --config <generated yaml>`` under ``taskset -c CPU``.
 
@@ -197,11 +201,7 @@ class PhoenixRelay:
         self.sink_write_url = sink_write_url
         self.cpu, self.driver_cpu = cpu, driver_cpu
         self.static_policies = list(static_policies or [])
-        ports: list[int] = []
-        while len(ports) < 3:  # free_port() may hand the same port out twice
-            if (port := free_port()) not in ports:
-                ports.append(port)
-        self.http_port, self.metrics_port, self.otlp_port = ports
+        self._pick_ports()
         self._proc: subprocess.Popen[bytes] | None = None
         self._nats = EmbeddedNats(data_dir=data_dir / "nats")
         self._etcd = EmbeddedEtcd(data_dir=data_dir / "etcd")
@@ -256,11 +256,28 @@ pipeline:
         block = yaml.safe_dump({"static_policies": self.static_policies}, sort_keys=False)
         return textwrap.indent(block, "  ")
 
+    def _pick_ports(self) -> None:
+        ports: list[int] = []
+        while len(ports) < 3:  # free_port() may hand the same port out twice
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.http_port, self.metrics_port, self.otlp_port = ports
+
     def start(self) -> PhoenixRelay:
         for server in (self._nats, self._etcd):
             server.start()
             os.sched_setaffinity(server.pid or 0, {self.driver_cpu})
         LocalCA.open(self.data_dir / "state" / "ca")
+        for _ in range(3):
+            try:
+                return self._start_pipeline()
+            except _PortTaken:
+                # A free port picked here can be taken by an outgoing connection before the
+                # pipeline binds it (the same ephemeral range): pick others and start again.
+                self._pick_ports()
+        return self._start_pipeline()
+
+    def _start_pipeline(self) -> PhoenixRelay:
         config = self.data_dir / "pipeline.yaml"
         config.write_text(self.config_yaml())
         log = (self.data_dir / "metrics-pipeline.log").open("ab")
@@ -272,6 +289,9 @@ pipeline:
         deadline = time.monotonic() + 30
         while _metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", "phoenix_ready") != 1:
             if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._stop_pipeline()
+                if "address already in use" in self._log_tail():
+                    raise _PortTaken
                 self.stop()
                 raise SystemExit("metrics-pipeline did not become ready; its log ends (the "
                                  "directory is temporary):\n" + self._log_tail())
@@ -291,6 +311,11 @@ pipeline:
                          if log.exists() else [])
 
     def stop(self) -> None:
+        self._stop_pipeline()
+        self._etcd.stop()
+        self._nats.stop()
+
+    def _stop_pipeline(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
             proc.terminate()
@@ -299,8 +324,6 @@ pipeline:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self._etcd.stop()
-        self._nats.stop()
 
     def queue_bytes(self) -> int | None:
         return _metric_sum(f"http://127.0.0.1:{self.metrics_port}/metrics", "phoenix_queue_bytes")
