@@ -12,6 +12,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
+from phoenixcp.api.prometheus import remote_pb2
 from phoenixcp.core.batch import MetricType
 from phoenixcp.core.series import series_key
 from phoenixcp.platform.ingest.otlp import decode_otlp
@@ -155,3 +156,24 @@ def test_partial_success_counts_refused_points() -> None:
     assert "only cumulative temporality is supported" in rejected.message
     assert "(2 points)" in rejected.message
     assert "and 1 more reasons" in rejected.message
+
+
+def test_the_write_request_is_canonical_protobuf() -> None:
+    """decode_otlp writes the WriteRequest bytes itself: they parse to the points sent and
+    re-serialise to the same bytes (zero, -0.0 and NaN values, zero timestamps, empty
+    label values)."""
+    request = ExportMetricsServiceRequest()
+    metric = request.resource_metrics.add().scope_metrics.add().metrics.add()
+    metric.name = "temperature"
+    points = [(0.0, 0), (-0.0, 5_000_000), (21.5, 0), (float("nan"), 7_000_000)]
+    for i, (value, ts_ns) in enumerate(points):
+        p = metric.gauge.data_points.add()
+        p.as_double, p.time_unix_nano = value, ts_ns
+        p.attributes.add(key="room", value={"string_value": f"r{i}" if i else ""})
+    batch, rejected = decode_otlp(request, tenant="t")
+    assert rejected.data_points == 0
+    parsed = remote_pb2.WriteRequest.FromString(batch.write_request)
+    assert parsed.SerializeToString() == batch.write_request
+    got = sorted((s.labels[-1].value if len(s.labels) > 1 else "", s.samples[0].timestamp)
+                 for s in parsed.timeseries)
+    assert got == [("", 0), ("r1", 5), ("r2", 0), ("r3", 7)]

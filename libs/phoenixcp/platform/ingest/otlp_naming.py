@@ -12,6 +12,7 @@ leading ``__`` (reserved in Prometheus) becomes ``key__``. Pure functions.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -68,6 +69,7 @@ def metric_name(name: str, unit: str, *, counter: bool, gauge: bool) -> str:
     return "_" + result if result[0].isdigit() else result
 
 
+@functools.lru_cache(maxsize=4096)  # senders repeat the same few keys in every point
 def label_name(key: str) -> str:
     """The Prometheus label name of an OTLP attribute key; "" for an empty key."""
     if not key:
