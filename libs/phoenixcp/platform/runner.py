@@ -22,6 +22,7 @@ from phoenixcp.core.identity import service as service_identity
 from phoenixcp.errors import ConfigError, PhoenixError
 from phoenixcp.platform import logs
 from phoenixcp.platform.config import ServiceConfig, load_service_config
+from phoenixcp.platform.gc_pacing import GcPacer
 from phoenixcp.platform.service import ServiceApp
 
 __all__ = ["EXIT_CONFIG", "main", "serve"]
@@ -92,4 +93,9 @@ async def _run(app: ServiceApp) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await app.run()
+    pacer = GcPacer()
+    pacer.start()
+    try:
+        await app.run()
+    finally:
+        await pacer.stop()
