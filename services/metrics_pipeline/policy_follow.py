@@ -122,9 +122,9 @@ class PolicyFollower:
                                         interval=self._window_interval)
         await self._reporter.start()
 
-    def _windows(self) -> list[TenantSnapshot]:
+    async def _windows(self) -> list[TenantSnapshot]:
         members = self._cluster.members if self._cluster is not None else None
-        return self._stage.windows(replica_count=members.count if members else 1)
+        return await self._stage.windows(replica_count=members.count if members else 1)
 
     async def shutdown(self) -> None:
         """Stop watching; publish the last window. Idempotent."""

@@ -97,11 +97,15 @@ class PolicyStage:
         self._metrics.plan_changes.set(self.engine.plan_changes)
         self._metrics.applied_at.set(time.time())
 
-    def windows(self, *, replica_count: int) -> list[TenantSnapshot]:
-        """Close the engine's windows; counts per-policy effects on /metrics."""
-        snapshots = self.engine.close_window(replica_count=replica_count)
+    async def windows(self, *, replica_count: int) -> list[TenantSnapshot]:
+        """Close the engine's windows; counts per-policy effects on /metrics. The windows are
+        taken at once; their snapshots are built on a worker thread, so batches keep flowing
+        meanwhile (the thread gets the GIL in slices; the loop is never held for the whole
+        build)."""
+        jobs = self.engine.window_jobs(replica_count=replica_count)
         if self.feeds is not None:
             self.feeds.end_windows()
+        snapshots = await asyncio.to_thread(lambda: [job() for job in jobs])
         for snap in snapshots:
             for metric in snap.metrics:
                 for t in metric.policies:

@@ -129,4 +129,4 @@ class ProfileFeeds:
         """Start the feeds' next windows, so series that went silent are forgotten (the
         feeds report nothing: window reports are the active engine's)."""
         for feed in self.feeds.values():
-            feed.engine.close_window()
+            feed.engine.window_jobs()  # the windows turn; nothing is built from them

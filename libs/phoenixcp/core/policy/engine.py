@@ -627,13 +627,16 @@ class PolicyEngine:
 
     def close_window(self, *, replica_count: int = 1) -> list[TenantSnapshot]:
         """Every tenant's window since the last call; starts the next ones."""
+        return [job() for job in self.window_jobs(replica_count=replica_count)]
+
+    def window_jobs(self, *, replica_count: int = 1) -> list[Callable[[], TenantSnapshot]]:
+        """Close every tenant's window now (its series and counts are taken and the next
+        window starts: cheap) and return the jobs that build the snapshots (the costly part).
+        A job reads only what the window took and state that batches do not change in place,
+        so it may run on another thread while the event loop keeps taking batches; jobs run
+        one at a time, in order."""
         now_ms = self._clock()
-        out: list[TenantSnapshot] = []
-        for tenant in self._tenants.values():
-            snapshot = self._snapshot(tenant, now_ms, replica_count)
-            tenant.last = snapshot
-            out.append(snapshot)
-        return out
+        return [self._take(tenant, now_ms, replica_count) for tenant in self._tenants.values()]
 
     def last_window(self, tenant: str) -> TenantSnapshot | None:
         state = self._tenants.get(tenant)
@@ -642,12 +645,16 @@ class PolicyEngine:
     def tenants(self) -> list[str]:
         return sorted(self._tenants)
 
-    def _snapshot(self, tenant: _Tenant, now_ms: int, replica_count: int) -> TenantSnapshot:
+    def _take(self, tenant: _Tenant, now_ms: int, replica_count: int
+              ) -> Callable[[], TenantSnapshot]:
         window = tenant.window
         tenant.window = _Window(now_ms, window.number + 1)
         index = tenant.index
         pos = index.window()
         keys, points, ids = index.keys[pos], index.points[pos], index.route[pos]
+        last = index.last[pos]
+        merged = np.flatnonzero(~np.isnan(last))  # the last values read: merged series'
+        last_values = dict(zip(keys[merged].tolist(), last[merged].tolist(), strict=True))
         plan, table = tenant.plan, tenant.table
         if not plan.empty:
             for i in np.flatnonzero(ids < 0).tolist():  # seen, but not since a plan change
@@ -657,27 +664,38 @@ class PolicyEngine:
             self._take_evicted(tenant)
             self._touch(tenant, keys, ids, now_ms)
             ids = np.maximum(ids, 0)
+        routes = table.routes if not plan.empty else []
+        # A shadow column written by the job after a batch grew the index is lost: those
+        # series are routed again next window (within the shadow budget).
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
-        builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
-                                  memo=tenant.memo,
-                                  kind=tenant.kind, last_value=index.last_value,
-                                  now_ms=now_ms, shadow_budget=self._shadow_budget)
-        metrics = builder.build(keys, points, ids, table.routes if not plan.empty else [],
-                                tenant.catalog, now_ms - window.start_ms)
         gone = index.end_window(window.number, _KEEP_WINDOWS)
         if not plan.empty and plan.expire_caps(now_ms):
             index.clear_routes()
-        for key in gone.tolist():
-            tenant.catalog.pop(key, None)
-        if len(tenant.table) > 2 * len(tenant.index) + 1024:
-            tenant.index.route = tenant.table.compact(tenant.index.route)[tenant.index.route]
+        catalog = tenant.catalog
+        for key in gone.tolist():  # not in this window: the job does not look them up
+            catalog.pop(key, None)
+        if len(table) > 2 * len(index) + 1024:
+            index.route = table.compact(index.route)[index.route]  # a new list: `routes` stays
             self._epoch += 1
-        return TenantSnapshot(
-            tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
-            end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,
-            metrics=metrics, counts=window.tally,
-            batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64),
-            rejected_policies=self._rejections(tenant.name))
+        builder = SnapshotBuilder(active=tenant.profile, shadows=shadows, positions=pos,
+                                  memo=tenant.memo, kind=tenant.kind,
+                                  last_value=last_values.get, now_ms=now_ms,
+                                  shadow_budget=self._shadow_budget)
+        rejected = self._rejections(tenant.name)
+
+        def build() -> TenantSnapshot:
+            metrics = builder.build(keys, points, ids, routes, catalog,
+                                    now_ms - window.start_ms)
+            snapshot = TenantSnapshot(
+                tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,
+                end_ms=now_ms, active_profile=tenant.profile, replica_count=replica_count,
+                metrics=metrics, counts=window.tally,
+                batch_latency_seconds=np.asarray(window.latencies, dtype=np.float64),
+                rejected_policies=rejected)
+            tenant.last = snapshot
+            return snapshot
+
+        return build
 
     @staticmethod
     def _touch(tenant: _Tenant, keys: npt.NDArray[np.uint64], ids: npt.NDArray[np.int32],

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Protocol
@@ -82,7 +83,7 @@ class WindowReporter:
 
     def __init__(
         self,
-        source: Callable[[], Sequence[TenantSnapshot]],
+        source: Callable[[], Sequence[TenantSnapshot] | Awaitable[Sequence[TenantSnapshot]]],
         publisher: ReportPublisher,
         *,
         registry: CollectorRegistry,
@@ -126,7 +127,8 @@ class WindowReporter:
         """
         async with self._lock:
             try:
-                snapshots = list(self._source())
+                found = self._source()
+                snapshots = list(await found if inspect.isawaitable(found) else found)
             except Exception as exc:
                 self._metrics.failures.labels("source").inc()
                 _log.exception("window reporter could not take the window's snapshots",
