@@ -7,6 +7,7 @@ survives the restart); the consumer-kill test uses the session server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -144,6 +145,27 @@ async def test_a_full_buffer_refuses_loudly_and_keeps_what_it_accepted(
     assert registry.get_sample_value("phoenix_bus_buffered_events") == 0
 
 
+async def stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of ``pid`` is stopped: SIGSTOP reaches the threads of a busy
+    process one by one, and one still running could store a message meant to time out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = _thread_states(pid)
+        if states and all(state in ("T", "t") for state in states):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within {timeout}s")
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The state letter of each thread of ``pid`` (/proc/PID/task/*/stat)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
 async def test_a_hung_nats_blocks_publish_no_longer_than_publish_timeout(
     own_nats: EmbeddedNats,
 ) -> None:
@@ -152,6 +174,7 @@ async def test_a_hung_nats_blocks_publish_no_longer_than_publish_timeout(
     assert own_nats.pid is not None
     async with bus:
         os.kill(own_nats.pid, signal.SIGSTOP)  # the TCP connection stays up; nothing answers
+        await stopped(own_nats.pid)
         try:
             began = time.monotonic()
             ids = [await bus.publish(leader_changed(0), tenant="hung")]
