@@ -36,7 +36,9 @@ from phoenixcp.platform.policy import policy_from_proto  # noqa: E402
 POLICY_FILES = {"cap": "cap.yaml", "drop-label": "drop-label.yaml"}
 
 
-class _Source:
+class BenchSource:
+    """One tenant-independent set of policies under the ``full`` profile (a PolicySource)."""
+
     def __init__(self, policies: tuple[PolicySpec, ...]) -> None:
         self._policies = policies
         self.profiles = {"full": ProfileSpec(name="full")}
@@ -49,7 +51,7 @@ class _Source:
         return self._policies
 
 
-def _policies(scenario: str) -> tuple[PolicySpec, ...]:
+def scenario_policies(scenario: str) -> tuple[PolicySpec, ...]:
     if scenario == "plain":
         return ()
     docs = yaml.safe_load((Path(__file__).parent / "policies" / POLICY_FILES[scenario])
@@ -71,7 +73,7 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
         bodies = [p.read_bytes() for p in sorted(Path(tmp).glob("rw-*.bin"))]
     engine = PolicyEngine(replica_id="bench")
-    engine.apply(_Source(_policies(args.scenario)))  # type: ignore[arg-type]
+    engine.apply(BenchSource(scenario_policies(args.scenario)))  # type: ignore[arg-type]
     seen: set[object] = set()
     samples = merged = 0
     per_pass: list[float] = []

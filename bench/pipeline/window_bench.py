@@ -33,20 +33,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from google.protobuf import json_format
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from engine_bench import BenchSource, scenario_policies  # noqa: E402
 from workload import write_workload  # noqa: E402
 
-from phoenixcp.api.phoenix.v1 import state_pb2, telemetry_pb2  # noqa: E402
+from phoenixcp.api.phoenix.v1 import telemetry_pb2  # noqa: E402
 from phoenixcp.core.policy.engine import PolicyEngine  # noqa: E402
-from phoenixcp.core.policy.model import PolicySpec, ProfileSpec  # noqa: E402
 from phoenixcp.platform.ingest import decode_remote_write  # noqa: E402
-from phoenixcp.platform.policy import policy_from_proto  # noqa: E402
 from phoenixcp.platform.telemetry import DEFAULT_MAX_BYTES  # noqa: E402
 from phoenixcp.platform.telemetry.window_report import (  # noqa: E402
     ReportCache,
@@ -58,33 +56,12 @@ WINDOW_MS = 10_000
 START_MS = 1_767_225_600_000
 
 
-class _Source:
-    def __init__(self, policies: tuple[PolicySpec, ...]) -> None:
-        self._policies = policies
-        self.profiles = {"full": ProfileSpec(name="full")}
-        self.rejections = ()
-
-    def profile_for(self, tenant: str) -> ProfileSpec:
-        return self.profiles["full"]
-
-    def policies_for(self, tenant: str, now: object) -> tuple[PolicySpec, ...]:
-        return self._policies
-
-
 class _Clock:
     def __init__(self) -> None:
         self.now_ms = START_MS
 
     def __call__(self) -> int:
         return self.now_ms
-
-
-def _policies(scenario: str) -> tuple[PolicySpec, ...]:
-    if scenario == "plain":
-        return ()
-    docs = yaml.safe_load((Path(__file__).parent / "policies" / "cap.yaml").read_text())
-    docs = docs if isinstance(docs, list) else [docs]
-    return tuple(policy_from_proto(json_format.ParseDict(d, state_pb2.Policy())) for d in docs)
 
 
 def _bodies(scenario: str, windows: int) -> list[list[bytes]]:
@@ -115,7 +92,7 @@ def main() -> None:
     windows = _bodies(args.scenario, args.windows)
     clock = _Clock()
     engine = PolicyEngine(replica_id="bench", clock_ms=clock)
-    engine.apply(_Source(_policies(args.scenario)))  # type: ignore[arg-type]
+    engine.apply(BenchSource(scenario_policies(args.scenario)))  # type: ignore[arg-type]
     message_cache, bytes_cache = ReportCache(), ReportCache()
     rows: list[tuple[int, int, int, float, float, float]] = []
     parts: list[telemetry_pb2.WindowReport] = []
