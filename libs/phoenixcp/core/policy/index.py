@@ -115,16 +115,6 @@ class SeriesIndex:
         for name in [n for n in self.columns if n not in keep]:
             del self.columns[name]
 
-    def last_value(self, key: int, default: float = np.nan) -> float:
-        """The window's last value of series ``key`` (``default`` when none was read)."""
-        slot = self.find(np.asarray([key], dtype=_U64))[0]
-        value = float(self.last[slot]) if slot >= 0 else default
-        return default if np.isnan(value) else value
-
-    def live(self) -> npt.NDArray[np.intp]:
-        """Slots that hold a series."""
-        return np.flatnonzero(self.seen != _FREE)
-
     def window(self) -> npt.NDArray[np.intp]:
         """Slots of the series that sent points in the current window."""
         return np.flatnonzero(self.points > 0)
