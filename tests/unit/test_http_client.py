@@ -24,6 +24,7 @@ from phoenixcp.platform.export import (
     ExportResult,
     RemoteWriteConfig,
     RemoteWriteExporter,
+    _http_message,
     http_client,
 )
 from phoenixcp.platform.export.http_client import (
@@ -454,10 +455,15 @@ async def test_connect_errors_and_close() -> None:
     await http.close()
     with pytest.raises(ClientClosed):
         await http.post(b"")
+
+
+def test_all_lists_the_public_names_including_those_of_the_private_module() -> None:
+    defined_here = {http_client.__name__, _http_message.__name__}
     assert set(http_client.__all__) == {name for name in vars(http_client)
                                         if not name.startswith("_")
                                         and getattr(getattr(http_client, name), "__module__",
-                                                    "") == http_client.__name__}
+                                                    "") in defined_here}
+    assert set(_http_message.__all__) <= set(http_client.__all__)
 
 
 async def test_close_fails_requests_in_flight() -> None:
