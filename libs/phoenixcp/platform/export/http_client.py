@@ -29,7 +29,8 @@ other than ``bytes``. Response bodies are not decompressed, except by
 :meth:`HttpResponse.text` for an error text.
 
 :class:`HttpResponse` and the exceptions (a tree of :class:`HttpClientError`, each an
-:class:`~phoenixcp.errors.Unavailable`) are defined in ``_http_message`` and exported here.
+:class:`~phoenixcp.errors.Unavailable`) are defined in ``_http_message`` and exported here;
+one connection's protocol is ``_http_connection``, the pool is here.
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ from datetime import timedelta
 from typing import Final
 from urllib.parse import quote, unquote, urlsplit
 
-import httptools
-
+from phoenixcp.platform.export._http_connection import Connection, Stale
 from phoenixcp.platform.export._http_message import (
     ClientClosed,
     ConnectError,
@@ -72,10 +72,6 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _FRAMING_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 
 
-class _Stale(Exception):
-    """A reused connection ended before any response byte: the one case worth a retry."""
-
-
 def _header_lines(headers: Mapping[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
@@ -83,172 +79,6 @@ def _header_lines(headers: Mapping[str, str]) -> bytes:
             raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("utf-8")
-
-
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: one request in flight at a time, its response parsed by
-    llhttp as bytes arrive. Completes (or fails) the future that :meth:`send` returns."""
-
-    __slots__ = ("_body", "_body_size", "_client", "_got_bytes", "_headers", "_headers_done",
-                 "_loop", "_parser", "_status", "_transport", "_truncated", "_waiter",
-                 "idle_since", "keep_alive", "reused")
-
-    def __init__(self, client: HttpClient) -> None:
-        self._client = client
-        self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
-        self._waiter: asyncio.Future[HttpResponse] | None = None
-        self._got_bytes = False
-        self._headers_done = False
-        self._status = 0
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._truncated = False
-        #: True once a response came back on it: a reused connection may be stale.
-        self.reused = False
-        self.keep_alive = False
-        self.idle_since = 0.0
-
-    @property
-    def usable(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
-
-    def send(self, data: bytes) -> asyncio.Future[HttpResponse]:
-        """Write one request; the future gets its response."""
-        waiter = self._waiter = self._loop.create_future()
-        self._got_bytes = self._headers_done = self._truncated = False
-        self.keep_alive = False
-        self._reset_message()
-        if not self.usable:  # ended between the pool's check and now: write() would drop it
-            waiter.set_exception(_Stale() if self.reused else ConnectionClosed(
-                "the server closed the connection before the request"))
-            return waiter
-        assert self._transport is not None
-        self._transport.write(data)
-        return waiter
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        """Close at once; a request in flight fails with ``exc``."""
-        if exc is not None:
-            self._fail(exc)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _reset_message(self) -> None:
-        self._status = 0
-        self._headers = []
-        self._body = []
-        self._body_size = 0
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-
-    def _complete(self, keep_alive: bool) -> None:
-        assert self._waiter is not None and self._transport is not None
-        # A response before the whole request was written (an early 413, say) leaves the
-        # rest of our body queued: the server would read it as the next request.
-        self.keep_alive = (keep_alive and not self._truncated
-                           and not self._transport.get_write_buffer_size())
-        self.reused = True
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._waiter.set_result(HttpResponse(self._status, self._headers, body,
-                                             self._truncated))
-
-    def _in_flight(self) -> bool:
-        return self._waiter is not None and not self._waiter.done()
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if not self._in_flight():  # bytes nobody asked for: the stream's state is unknown
-            self.abort()
-            return
-        self._got_bytes = True
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(ProtocolError("the server switched protocols"))
-            self.abort()
-        except httptools.HttpParserError as exc:
-            self._fail(ProtocolError(f"malformed response: {exc}"))
-            self.abort()
-
-    def eof_received(self) -> bool:
-        self._ended(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._ended(exc)
-        self._client._lost(self)
-
-    def _ended(self, exc: Exception | None) -> None:
-        if not self._in_flight():
-            return
-        if self._headers_done and self._delimited_by_close():
-            self._complete(keep_alive=False)
-        elif self.reused and not self._got_bytes:
-            self._fail(_Stale())
-        else:
-            where = "during the response" if self._got_bytes else "before responding"
-            self._fail(ConnectionClosed(f"the server closed the connection {where}"
-                                        + (f": {exc}" if exc else "")))
-
-    def _delimited_by_close(self) -> bool:
-        """True when the response has neither a length nor chunks: its body ends at EOF."""
-        if self._status < 200 or self._status in (204, 304):
-            return False
-        for name, value in self._headers:
-            name = name.lower()
-            if name == b"content-length" or (name == b"transfer-encoding"
-                                             and b"chunked" in value.lower()):
-                return False
-        return True
-
-    # llhttp callbacks (httptools)
-
-    def on_message_begin(self) -> None:
-        if not self._in_flight():
-            self.abort()  # a second response to one request
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._status = self._parser.get_status_code()
-        self._headers_done = True
-
-    def on_body(self, body: bytes) -> None:
-        if not self._in_flight():
-            return
-        self._body_size += len(body)
-        limit = self._client.max_body
-        if self._body_size <= limit:
-            self._body.append(body)
-            return
-        # Stop here: keep what fits, and close rather than drain an unbounded body.
-        self._body.append(body[:len(body) - (self._body_size - limit)])
-        self._truncated = True
-        self._complete(keep_alive=False)
-        self.abort()
-
-    def on_message_complete(self) -> None:
-        if not self._in_flight():
-            return
-        if self._status < 200:  # an interim 1xx (100 Continue, 103): the real one follows
-            self._headers_done = False
-            self._reset_message()
-            return
-        # should_keep_alive: HTTP/1.1 without Connection: close (or 1.0 with keep-alive,
-        # which we do not trust either). Read it now: llhttp clears its flags after this.
-        self._complete(self._parser.should_keep_alive()
-                       and self._parser.get_http_version() == "1.1")
 
 
 class HttpClient:
@@ -287,9 +117,9 @@ class HttpClient:
         self._expiry = keepalive_expiry.total_seconds()
         self._prefix = self._request_prefix(parts.path, parts.query, parts.username,
                                             parts.password, headers or {})
-        self._idle: list[_Connection] = []  # most recently used last
-        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
-        self._open: set[_Connection] = set()
+        self._idle: list[Connection] = []  # most recently used last
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._open: set[Connection] = set()
         self._slots = 0  # connections open or being opened, idle ones included
         self._closed = False
 
@@ -323,7 +153,7 @@ class HttpClient:
             async with asyncio.timeout(self._timeout):
                 try:
                     return await self._exchange(data, fresh=False)
-                except _Stale:
+                except Stale:
                     return await self._exchange(data, fresh=True)
         except TimeoutError as exc:
             if isinstance(exc, HttpClientError):
@@ -357,7 +187,7 @@ class HttpClient:
 
     # The pool. Invariant: callers wait only while no connection is idle.
 
-    async def _acquire(self, *, fresh: bool) -> _Connection:
+    async def _acquire(self, *, fresh: bool) -> Connection:
         if self._closed:
             raise ClientClosed("the HTTP client was closed")
         now = time.monotonic()
@@ -373,7 +203,7 @@ class HttpClient:
         if self._slots < self.max_connections:
             self._slots += 1
         else:
-            waiter: asyncio.Future[_Connection | None] = (
+            waiter: asyncio.Future[Connection | None] = (
                 asyncio.get_running_loop().create_future())
             self._waiters.append(waiter)
             try:
@@ -394,13 +224,13 @@ class HttpClient:
             self._free_slot()
             raise
 
-    def _put_back(self, conn: _Connection | None) -> None:
+    def _put_back(self, conn: Connection | None) -> None:
         if conn is None:
             self._free_slot()
         else:
             self._release(conn, reusable=True)
 
-    def _hand_over(self, conn: _Connection | None) -> bool:
+    def _hand_over(self, conn: Connection | None) -> bool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -412,7 +242,7 @@ class HttpClient:
         if not self._hand_over(None):
             self._slots -= 1
 
-    def _release(self, conn: _Connection, *, reusable: bool) -> None:
+    def _release(self, conn: Connection, *, reusable: bool) -> None:
         if reusable and conn.usable and not self._closed:
             if not self._hand_over(conn):
                 conn.idle_since = time.monotonic()
@@ -422,14 +252,14 @@ class HttpClient:
             if not self._closed:
                 self._free_slot()
 
-    def _lost(self, conn: _Connection) -> None:
+    def _lost(self, conn: Connection) -> None:
         """A connection ended (called by it); an idle one gives its slot back."""
         self._open.discard(conn)
         if conn in self._idle:
             self._idle.remove(conn)
             self._free_slot()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         context = None
         if self._https:
@@ -438,7 +268,7 @@ class HttpClient:
             context = self._ssl
         try:
             _, conn = await loop.create_connection(
-                lambda: _Connection(self), self._host, self._port, ssl=context,
+                lambda: Connection(self), self._host, self._port, ssl=context,
                 server_hostname=self._host.rstrip(".") if context else None)
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS handshake with {self._origin} failed: {exc}") from exc
