@@ -14,8 +14,8 @@ Targets:
 
 - ``floor``: a bare ``asyncio.Protocol`` that frames requests by Content-Length and writes a
   constant 204: no parser, no routing, no handler; what the event loop and the syscalls cost.
-- ``phoenix``: ``phoenixcp.platform.ingest.HttpServer`` with a handler that answers 204.
-- ``aiohttp``: an aiohttp app as metrics-pipeline served before ADR 0010 (``serve_app``, no
+- ``phoenix``: ``phoenixcp.platform.http.HttpServer`` with a handler that answers 204.
+- ``aiohttp``: an aiohttp app as metrics-pipeline served before ADR 0010 (an ``AppRunner``, no
   access log, no auto-decompression) with the same handler (``await request.read()``, 204).
 - ``ingest``: metrics-pipeline's ``HttpIngest`` with an ``accept`` that does nothing: the
   server plus remote-write decoding, validation and metrics; also printed per sample.
@@ -105,7 +105,7 @@ async def _serve_floor(port: int) -> Callable[[], Awaitable[None]]:
 
 
 async def _serve_phoenix(port: int) -> Callable[[], Awaitable[None]]:
-    from phoenixcp.platform.ingest import HttpRequest, HttpResponse, HttpServer
+    from phoenixcp.platform.http import HttpRequest, HttpResponse, HttpServer
 
     no_content = HttpResponse(204)
 
@@ -120,15 +120,15 @@ async def _serve_phoenix(port: int) -> Callable[[], Awaitable[None]]:
 async def _serve_aiohttp(port: int) -> Callable[[], Awaitable[None]]:
     from aiohttp import web
 
-    from phoenixcp.platform.metrics_http import serve_app
-
     async def trivial(request: web.Request) -> web.StreamResponse:
         await request.read()
         return web.Response(status=204)
 
     app = web.Application(client_max_size=10 * 1024 * 1024)
     app.router.add_post(PATH, trivial)
-    runner, _ = await serve_app(app, host="127.0.0.1", port=port, auto_decompress=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, reuse_address=True).start()
     return runner.cleanup
 
 

@@ -27,12 +27,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.errors import InvalidArgument, ResourceExhausted
+from phoenixcp.platform.http import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from phoenixcp.platform.ingest import (
     TENANT_HEADER,
-    HttpLimits,
-    HttpRequest,
-    HttpResponse,
-    HttpServer,
     decode_otlp_http,
     decode_remote_write,
     resolve_tenant,

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from phoenixcp.platform.ingest import (
+from phoenixcp.platform.http import (
     HttpHandler,
     HttpLimits,
     HttpRequest,

@@ -24,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
 from phoenixcp.cli.stack import Backend, LocalStack
-from phoenixcp.platform.export import CountingSink
+from phoenixcp.platform.export.sink import CountingSink
 from tests.integration._pipeline_support import (
     counter_series,
     eventually,

@@ -2,8 +2,9 @@
 
 :class:`RemoteWriteExporter` (Prometheus remote-write 1.0) and :class:`OtlpExporter`
 (OTLP/gRPC) implement the :class:`Exporter` port and return an :class:`ExportOutcome`, never
-raising; :class:`ExportWorker` batches, retries and dead-letters; :class:`CountingSink` is
-the null backend.
+raising; :class:`ExportWorker` batches, retries and dead-letters. The null backend,
+``CountingSink``, is in :mod:`~phoenixcp.platform.export.sink` (not imported here: it pulls in
+aiohttp, which the services do not otherwise load).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from phoenixcp.platform.export.metrics import ExportMetrics
 from phoenixcp.platform.export.otlp import OtlpExporter
 from phoenixcp.platform.export.remote_write import RemoteWriteExporter
 from phoenixcp.platform.export.result import Exporter, ExportOutcome, ExportResult
-from phoenixcp.platform.export.sink import CountingSink, SinkCounts
 from phoenixcp.platform.export.worker import ExportWorker
 
 __all__ = [
-    "CountingSink",
     "ExportMetrics",
     "ExportOutcome",
     "ExportResult",
@@ -32,5 +31,4 @@ __all__ = [
     "OtlpExporterConfig",
     "RemoteWriteConfig",
     "RemoteWriteExporter",
-    "SinkCounts",
 ]

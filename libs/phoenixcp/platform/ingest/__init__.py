@@ -4,16 +4,9 @@ Every function here is pure CPU work on bytes (no sockets): the HTTP and gRPC se
 metrics-pipeline call them and map :class:`~phoenixcp.errors.InvalidArgument` to 400 /
 INVALID_ARGUMENT (415 when ``field == "Content-Type"`` or ``"Content-Encoding"``).
 
-:class:`HttpServer` is the HTTP/1.1 server those receivers run on (asyncio + llhttp, ADR 0010).
+The HTTP/1.1 server those receivers run on is :mod:`phoenixcp.platform.http` (ADR 0010).
 """
 
-from phoenixcp.platform.ingest._http_server import (
-    HttpHandler,
-    HttpLimits,
-    HttpRequest,
-    HttpResponse,
-    HttpServer,
-)
 from phoenixcp.platform.ingest.columns import decode_columns
 from phoenixcp.platform.ingest.otlp import Rejected, decode_otlp
 from phoenixcp.platform.ingest.otlp_http import decode_otlp_http
@@ -37,11 +30,6 @@ __all__ = [
     "SCANNER",
     "TENANT_HEADER",
     "TENANT_METADATA_KEY",
-    "HttpHandler",
-    "HttpLimits",
-    "HttpRequest",
-    "HttpResponse",
-    "HttpServer",
     "Rejected",
     "decode_columns",
     "decode_otlp",

@@ -1,4 +1,4 @@
-"""The values an HTTP handler sees and returns, and a server's limits (see ``_http_server``)."""
+"""The values an HTTP handler sees and returns, and a server's limits (see ``HttpServer``)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from httptools import (
     parse_url,
 )
 
-from phoenixcp.platform.ingest._http_message import (
+from phoenixcp.platform.http._message import (
     HttpHandler,
     HttpLimits,
     HttpRequest,
@@ -34,7 +34,7 @@ from phoenixcp.platform.ingest._http_message import (
 
 __all__ = ["Connection", "ServerState"]
 
-log = logging.getLogger("phoenixcp.platform.ingest.http_server")
+log = logging.getLogger("phoenixcp.platform.http")
 
 
 class ServerState:

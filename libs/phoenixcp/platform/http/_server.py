@@ -39,8 +39,8 @@ from email.utils import formatdate
 from time import monotonic
 
 from phoenixcp.errors import StartupError
-from phoenixcp.platform.ingest._http_connection import Connection, ServerState
-from phoenixcp.platform.ingest._http_message import (
+from phoenixcp.platform.http._connection import Connection, ServerState
+from phoenixcp.platform.http._message import (
     HttpHandler,
     HttpLimits,
     HttpRequest,
@@ -49,7 +49,7 @@ from phoenixcp.platform.ingest._http_message import (
 
 __all__ = ["HttpHandler", "HttpLimits", "HttpRequest", "HttpResponse", "HttpServer"]
 
-log = logging.getLogger("phoenixcp.platform.ingest.http_server")
+log = logging.getLogger("phoenixcp.platform.http")
 
 
 class HttpServer:
