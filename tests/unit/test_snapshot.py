@@ -44,7 +44,7 @@ def random_labels(rng: np.random.Generator, metric: str, user: str) -> LabelSet:
 
 
 class Tenant:
-    """A catalog and slots as the engine keeps them: a slot per live series, reused."""
+    """Labels by key and slots as the engine keeps them: a slot per live series, reused."""
 
     def __init__(self, seed: int, *, unique_users: bool = False) -> None:
         self.rng = np.random.default_rng(seed)
@@ -88,8 +88,9 @@ def snapshot(tenant: Tenant, window: Window, memo: SeriesMemo, last: dict[int, f
                               kind=lambda name: kinds.get(name, MetricKind.GAUGE),
                               last_value=last.get, now_ms=start_ms + 10_000, shadow_budget=100,
                               sample_k=K, memo=memo)
+    labels = [tenant.catalog.get(key) for key in window.keys.tolist()]
     metrics = builder.build(window.keys, window.points, np.zeros(len(window.keys), np.int32),
-                            [], tenant.catalog, 10_000)
+                            [], labels, 10_000)
     return TenantSnapshot(tenant="acme", replica_id="r0", start_ms=start_ms,
                           end_ms=start_ms + 10_000, active_profile="full", replica_count=1,
                           metrics=metrics, counts=PointTally())
@@ -178,7 +179,7 @@ def test_reports_of_changing_windows_equal_the_straightforward_computation() -> 
         assert cached == build_reports(snap, max_bytes=MIB, sample_k=K)
 
 
-def test_a_series_the_catalog_does_not_know_is_left_out() -> None:
+def test_a_series_without_labels_unknown_to_the_memo_is_left_out() -> None:
     tenant = Tenant(seed=5)
     live = tenant.new_series(50)
     window = tenant.window(live)

@@ -154,7 +154,6 @@ class _Tenant:
     window: _Window
     index: SeriesIndex = field(default_factory=SeriesIndex)
     table: RouteTable = field(default_factory=RouteTable)
-    catalog: dict[int, LabelSet] = field(default_factory=dict)
     memo: SeriesMemo = field(default_factory=SeriesMemo)
     resolved: _Resolved = field(default_factory=_Resolved)
     """What window closes keep of the series, by index slot (snapshot.py)."""
@@ -300,7 +299,6 @@ class PolicyEngine:
         """Route one batch; returns what to export unchanged and the counts."""
         now_ms = self._clock()
         tenant = self._tenant(batch.tenant, now_ms)
-        keys = batch.series_keys
         points = _points_per_series(batch)
         tally = PointTally(received=batch.sample_count, accepted=batch.sample_count)
         slots = self._learn(tenant, batch)
@@ -311,7 +309,7 @@ class PolicyEngine:
         ids = tenant.index.route[slots]
         unrouted = np.flatnonzero(ids < 0)
         if len(unrouted):
-            routed = self._route_all(tenant, keys[unrouted].tolist(), now_ms)
+            routed = self._route_all(tenant, slots[unrouted], now_ms)
             tenant.index.route[slots[unrouted]] = routed
             ids[unrouted] = routed
             self._take_evicted(tenant)
@@ -417,27 +415,25 @@ class PolicyEngine:
         slots = index.find(batch.series_keys)
         new = np.flatnonzero(slots < 0)
         if len(new):
-            new_keys = batch.series_keys[new]
-            catalog = tenant.catalog
-            for key, labels in zip(new_keys.tolist(), batch.label_sets(new), strict=True):
-                catalog[key] = labels
-            slots[new] = index.add(new_keys)
+            slots[new] = index.add(batch.series_keys[new], batch.label_sets(new))
         return slots
 
-    def _route_all(self, tenant: _Tenant, keys: list[int], now_ms: int
+    def _route_all(self, tenant: _Tenant, slots: npt.NDArray[np.int64], now_ms: int
                    ) -> npt.NDArray[np.int32]:
-        """Route ids of the series ``keys`` (in the catalog), routed afresh."""
-        catalog, route, table_id = tenant.catalog, tenant.plan.route, tenant.table.id
+        """Route ids of the series at index ``slots``, routed afresh."""
+        route, table_id = tenant.plan.route, tenant.table.id
         kinds, kind = tenant.kind_cache, tenant.kind
+        index = tenant.index
         out = []
-        for key in keys:
-            labels = catalog[key]
+        for key, labels in zip(index.keys[slots].tolist(), index.labels[slots].tolist(),
+                               strict=True):
             name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
             out.append(table_id(route(labels, kinds.get(name) or kind(name), now_ms, key)))
         return np.asarray(out, dtype=np.int32)
 
-    def _route(self, tenant: _Tenant, key: int, now_ms: int) -> Route:
-        labels = tenant.catalog[key]
+    def _route(self, tenant: _Tenant, slot: int, now_ms: int) -> Route:
+        """The route of the series at index ``slot``, routed afresh."""
+        key, labels = int(tenant.index.keys[slot]), tenant.index.labels[slot]
         name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
         return tenant.plan.route(labels, tenant.kind(name), now_ms, key)
 
@@ -605,7 +601,7 @@ class PolicyEngine:
         for pos in np.flatnonzero(hit).tolist():
             route = table.routes[index.route[pos]]
             key = int(index.keys[pos])
-            new = self._route(tenant, key, now_ms)
+            new = self._route(tenant, pos, now_ms)
             index.route[pos] = table.id(new)
             last = tenant.watched.pop(key, None)
             if (route.code is Code.WATCH and new.code is Code.MERGE and new.cumulative
@@ -658,9 +654,7 @@ class PolicyEngine:
         plan, table = tenant.plan, tenant.table
         if not plan.empty:
             for i in np.flatnonzero(ids < 0).tolist():  # seen, but not since a plan change
-                key = int(keys[i])
-                if key in tenant.catalog:
-                    ids[i] = index.route[pos[i]] = table.id(self._route(tenant, key, now_ms))
+                ids[i] = index.route[pos[i]] = table.id(self._route(tenant, pos[i], now_ms))
             self._take_evicted(tenant)
             self._touch(tenant, keys, ids, now_ms)
             ids = np.maximum(ids, 0)
@@ -668,12 +662,12 @@ class PolicyEngine:
         # A shadow column written by the job after a batch grew the index is lost: those
         # series are routed again next window (within the shadow budget).
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
-        gone = index.end_window(window.number, _KEEP_WINDOWS)
+        # The labels of the window's series, taken now: a batch may reuse a forgotten
+        # series' slot while the job runs.
+        labels = index.labels[pos]
+        index.end_window(window.number, _KEEP_WINDOWS)
         if not plan.empty and plan.expire_caps(now_ms):
             index.clear_routes()
-        catalog = tenant.catalog
-        for key in gone.tolist():  # not in this window: the job does not look them up
-            catalog.pop(key, None)
         if len(table) > 2 * len(index) + 1024:
             index.route = table.compact(index.route)[index.route]  # a new list: `routes` stays
             self._epoch += 1
@@ -684,7 +678,7 @@ class PolicyEngine:
         rejected = self._rejections(tenant.name)
 
         def build() -> TenantSnapshot:
-            metrics = builder.build(keys, points, ids, routes, catalog,
+            metrics = builder.build(keys, points, ids, routes, labels,
                                     now_ms - window.start_ms)
             snapshot = TenantSnapshot(
                 tenant=tenant.name, replica_id=self.replica_id, start_ms=window.start_ms,

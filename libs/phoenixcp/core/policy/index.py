@@ -2,19 +2,21 @@
 
 A hash table in C (``_keytable``) gives every known series key a dense *slot*; the index keeps
 each series' state in numpy arrays indexed by slot: its key, its route (an index into the
-engine's route table, -1 until routed), its points in the current window, the last window it
-sent in, and extra columns (the shadow profiles' output keys). A batch is looked up with one
-call (``find``), new keys get slots with another (``add``); slots of forgotten series are
-reused, so the arrays stay as large as the most series held at once.
+engine's route table, -1 until routed), its labels, its points in the current window, the
+last window it sent in, and extra columns (the shadow profiles' output keys). A batch is
+looked up with one call (``find``), new keys get slots with another (``add``); slots of
+forgotten series are reused, so the arrays stay as large as the most series held at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.policy import _keytable_py
 
 try:
@@ -40,6 +42,8 @@ class SeriesIndex:
     table: KeyTable | _keytable_py.KeyTable = field(default_factory=KeyTable)
     keys: npt.NDArray[np.uint64] = field(default_factory=lambda: np.empty(0, _U64))
     route: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    labels: npt.NDArray[np.object_] = field(default_factory=lambda: np.empty(0, object))
+    """Each series' label set (None in a free slot): the one place the engine keeps them."""
     points: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     seen: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     last: npt.NDArray[np.float64] = field(default_factory=lambda: np.empty(0, np.float64))
@@ -56,8 +60,10 @@ class SeriesIndex:
         self.table.find(np.ascontiguousarray(keys, dtype=_U64), out)
         return out
 
-    def add(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-        """Slots for ``keys`` (new ones start unrouted, with no points); returns them."""
+    def add(self, keys: npt.NDArray[np.uint64],
+            labels: Sequence[LabelSet] | None = None) -> npt.NDArray[np.int64]:
+        """Slots for ``keys`` (new ones start unrouted, with no points, holding their
+        ``labels`` when given: aligned with ``keys``); returns them."""
         keys = np.ascontiguousarray(keys, dtype=_U64)
         out = np.empty(len(keys), dtype=np.int64)
         self.table.insert(keys, out)
@@ -71,6 +77,8 @@ class SeriesIndex:
         self.last[fresh] = np.nan
         for column in self.columns.values():
             column[fresh] = UNKNOWN
+        if labels is not None:
+            self.labels[out] = np.fromiter(labels, dtype=object, count=len(keys))
         return out
 
     def _reserve(self, high: int) -> None:
@@ -87,6 +95,7 @@ class SeriesIndex:
 
         self.keys = extend(self.keys, 0)  # type: ignore[assignment]
         self.route = extend(self.route, -1)  # type: ignore[assignment]
+        self.labels = extend(self.labels, None)  # type: ignore[assignment]
         self.points = extend(self.points, 0)  # type: ignore[assignment]
         self.seen = extend(self.seen, _FREE)  # type: ignore[assignment]
         self.last = extend(self.last, np.nan)  # type: ignore[assignment]
@@ -131,4 +140,5 @@ class SeriesIndex:
             self.table.remove(gone)
             self.seen[stale] = _FREE
             self.route[stale] = -1
+            self.labels[stale] = None
         return gone

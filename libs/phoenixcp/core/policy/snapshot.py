@@ -4,7 +4,7 @@ The work is per distinct series of the window, on arrays: series are grouped by 
 one sort, counts come from ``bincount`` over route codes, each profile's output keys from its
 routes. What depends on a series' labels alone (its metric, its labels, the ids of its label
 pairs) is kept across windows in a :class:`SeriesMemo` aligned with the index slots, so a
-series costs Python work (a catalog lookup) only in the first window it is seen; objects are
+series costs Python work (reading its labels) only in the first window it is seen; objects are
 built only for the sample (the ``sample_k`` smallest keys per metric) and for the distinct
 label pairs of a metric whose series changed.
 
@@ -35,6 +35,9 @@ from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally
 
 __all__ = ["SeriesMemo", "SnapshotBuilder"]
 
+_Labels = Sequence[LabelSet | None] | npt.NDArray[np.object_]
+"""Label sets aligned with keys: a list, or an object array taken from the index."""
+
 _DROPPED = np.uint64(1)
 _SAME = np.uint64(0)
 _UNKNOWN = np.uint64(2**64 - 1)
@@ -45,7 +48,7 @@ class SnapshotBuilder:
     """Builds the :class:`MetricSnapshot` values of one tenant's window.
 
     ``memo`` is the tenant's :class:`SeriesMemo`, kept by the engine from window to window,
-    so a series costs a catalog lookup only in the first window it is seen. ``positions``
+    so a series' labels are read only in the first window it is seen. ``positions``
     are the series' index slots; keys come in slot order (the builder sorts per metric).
     """
 
@@ -71,14 +74,14 @@ class SnapshotBuilder:
 
     def build(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64],
               route_ids: npt.NDArray[np.int32], routes: Sequence[Route],
-              catalog: Mapping[int, LabelSet], window_ms: int) -> tuple[MetricSnapshot, ...]:
+              labels: _Labels, window_ms: int) -> tuple[MetricSnapshot, ...]:
         """``keys`` (in index slot order, ``positions`` their slots) with their window
-        ``points`` and ``route_ids`` into ``routes`` (every id valid); ``catalog`` holds the
-        labels of (at least) the series the memo does not know yet: a series in neither is
-        left out. Metrics come in the order of their smallest key, each one's series (and
-        sample) ascending by key."""
+        ``points``, ``route_ids`` into ``routes`` (every id valid) and ``labels`` (read only
+        for the series the memo does not know yet; a series with None there and unknown to
+        the memo is left out). Metrics come in the order of their smallest key, each one's
+        series (and sample) ascending by key."""
         memo = self._memo
-        rows = memo.rows(keys, self._positions, catalog)
+        rows = memo.rows(keys, self._positions, labels)
         known = rows >= 0
         mids, names, order, bounds = memo.grouping(keys, rows)
         code = np.fromiter((r.code for r in routes), dtype=np.int8, count=len(routes))
@@ -235,7 +238,7 @@ class SeriesMemo:
     Per index slot (the engine's series index gives each live series a slot and reuses the
     slots of forgotten ones): the key held there, its metric, its labels and the ids of its
     label pairs, so a series seen before costs a numpy gather, not a Python dict lookup. A
-    slot whose key changed is learned again from the catalog; a key is the hash of its
+    slot whose key changed is learned again from the labels given; a key is the hash of its
     labels, so what is kept for a key never goes stale. Also kept: the last window's
     grouping by metric (reused while the window holds the same keys) and each metric's keys
     and distinct label pairs (reused while the metric's keys do not change).
@@ -267,9 +270,9 @@ class SeriesMemo:
         return len(self._pair_list)
 
     def rows(self, keys: npt.NDArray[np.uint64], slots: npt.NDArray[np.intp],
-             catalog: Mapping[int, LabelSet]) -> npt.NDArray[np.intp]:
+             labels: _Labels) -> npt.NDArray[np.intp]:
         """Start a window: the memo row (the slot) of each of ``keys``, learning those not
-        held from ``catalog``; -1 for a key in neither."""
+        held from ``labels`` (aligned with ``keys``); -1 for a key in neither."""
         self._last, self._next = self._next, {}
         slots = np.asarray(slots, dtype=np.intp)
         if len(slots) != len(keys):
@@ -278,7 +281,8 @@ class SeriesMemo:
             self._reserve(int(slots.max()) + 1)
         hit = self._held[slots] & (self._keys[slots] == keys)
         if not hit.all():
-            self._learn(slots[~hit], keys[~hit], catalog)
+            miss = np.flatnonzero(~hit)
+            self._learn(slots[miss], keys[miss], [labels[i] for i in miss.tolist()])
             hit = self._held[slots] & (self._keys[slots] == keys)
         return np.where(hit, slots, -1)
 
@@ -345,23 +349,22 @@ class SeriesMemo:
             [self._pairs, np.full((extra, self._pairs.shape[1]), -1, dtype=np.int32)])
 
     def _learn(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64],
-               catalog: Mapping[int, LabelSet]) -> None:
-        """Hold at ``slots`` the keys of ``keys`` found in ``catalog`` (and nothing at the
-        slots of the others)."""
+               labels: Sequence[LabelSet | None]) -> None:
+        """Hold at ``slots`` the ``keys`` with their ``labels`` (and nothing at the slots of
+        those whose labels are None)."""
         self._held[slots] = False
         at: list[int] = []
         held: list[int] = []
-        labels: list[LabelSet] = []
+        held_labels: list[LabelSet] = []
         metrics: list[int] = []
         flat: list[int] = []
         name_ids, pair_ids = self._name_ids, self._pair_ids
-        for slot, key, lb in zip(slots.tolist(), keys.tolist(),
-                                 map(catalog.get, keys.tolist()), strict=True):
+        for slot, key, lb in zip(slots.tolist(), keys.tolist(), labels, strict=True):
             if lb is None:
                 continue
             at.append(slot)
             held.append(key)
-            labels.append(lb)
+            held_labels.append(lb)
             name = lb[0][1] if lb else ""
             metric = name_ids.get(name)
             metrics.append(self._name_id(name) if metric is None else metric)
@@ -370,18 +373,18 @@ class SeriesMemo:
                 flat.append(self._pair_id(pair) if pid is None else pid)
         if not at:
             return
-        lengths = np.fromiter(map(len, labels), dtype=np.intp, count=len(labels))
+        lengths = np.fromiter(map(len, held_labels), dtype=np.intp, count=len(held_labels))
         width = int(lengths.max())
         if width > self._pairs.shape[1]:
             self._pairs = np.pad(self._pairs, ((0, 0), (0, width - self._pairs.shape[1])),
                                  constant_values=-1)
-        rows = np.full((len(labels), self._pairs.shape[1]), -1, dtype=np.int32)
+        rows = np.full((len(held_labels), self._pairs.shape[1]), -1, dtype=np.int32)
         rows[np.arange(rows.shape[1]) < lengths[:, None]] = flat  # row-major: each row's pairs
         where = np.asarray(at, dtype=np.intp)
         self._pairs[where] = rows
         self._keys[where] = np.asarray(held, dtype=np.uint64)
         self._metric[where] = metrics
-        self._labels[where] = np.fromiter(labels, dtype=object, count=len(labels))
+        self._labels[where] = np.fromiter(held_labels, dtype=object, count=len(held_labels))
         self._held[where] = True
         if len(self._pair_list) > self._prune_at:
             self._prune_pairs()
