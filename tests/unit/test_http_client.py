@@ -539,6 +539,32 @@ async def test_mtls_presents_the_client_certificate(
         await without.close()
 
 
+async def test_server_hostname_replaces_the_url_host_for_sni_and_the_check(
+        pki: tuple[Path, Path, Path, LocalCA], tmp_path: Path) -> None:
+    ca_file, _, _, ca = pki
+    _, cert, key = ca.issue("remote-write", ttl=dt.timedelta(hours=1),
+                            hosts=["backend.internal"]).write(tmp_path, "named")
+    names: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(str(name))
+    trusted = ssl.create_default_context(cafile=str(ca_file))
+    async with Peer(answering(NO_CONTENT), context) as peer:
+        http = HttpClient(peer.url("https"), ssl_context=trusted,
+                          server_hostname="backend.internal")
+        assert (await http.post(b"1")).status == 204
+        assert names == ["backend.internal"]
+        assert b"\r\nHost: 127.0.0.1:" in peer.requests[0]  # Host is still the URL's
+        await http.close()
+
+        by_url = HttpClient(peer.url("https"), ssl_context=trusted)
+        with pytest.raises(ConnectError, match=r"not valid for '127\.0\.0\.1'"):
+            await by_url.post(b"1")
+        await by_url.close()
+    with pytest.raises(ValueError, match="need an https:// URL"):
+        HttpClient("http://127.0.0.1/", server_hostname="backend.internal")
+
+
 # aiohttp's server as the realistic peer
 
 

@@ -87,29 +87,32 @@ class HttpClient:
     Nothing connects at construction. Concurrency: one event loop; :meth:`post` may be awaited
     concurrently, and holds one connection at a time. A cancelled ``post`` closes its
     connection. :meth:`close` is idempotent. ``https://`` verifies the server against
-    ``ssl_context`` (the system's roots when None, as aiohttp does), sending the URL's host as
-    SNI and checking it; pass a context with a client certificate for mTLS. ``headers`` are
-    sent with every request, after ``Host`` (which a ``Host`` entry replaces); credentials in
-    the URL become ``Authorization: Basic``. Raises ``ValueError`` for a URL or header it
+    ``ssl_context`` (the system's roots when None, as aiohttp does), sending
+    ``server_hostname`` (default: the URL's host) as SNI and checking the certificate for it
+    (``Host`` stays the URL's); pass a context with a client certificate for mTLS. ``headers``
+    are sent with every request, after ``Host`` (which a ``Host`` entry replaces); credentials
+    in the URL become ``Authorization: Basic``. Raises ``ValueError`` for a URL or header it
     cannot send.
     """
 
     def __init__(self, url: str, *, max_connections: int = 16,
                  timeout: timedelta = timedelta(seconds=30),
                  headers: Mapping[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None, max_body: int = 64 * 1024,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 max_body: int = 64 * 1024,
                  keepalive_expiry: timedelta = timedelta(seconds=15)) -> None:
         parts = urlsplit(url)
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
             raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
-        if ssl_context is not None and parts.scheme != "https":
-            raise ValueError(f"an ssl_context needs an https:// URL, not {url!r}")
+        if (ssl_context is not None or server_hostname) and parts.scheme != "https":
+            raise ValueError(f"ssl_context and server_hostname need an https:// URL, not {url!r}")
         if max_connections < 1 or max_body < 0:
             raise ValueError("max_connections must be positive and max_body not negative")
         self._host = parts.hostname.encode("idna").decode("ascii")
         self._port = parts.port or _DEFAULT_PORTS[parts.scheme]
         self._https = parts.scheme == "https"
         self._ssl = ssl_context
+        self._server_hostname = server_hostname or self._host.rstrip(".")
         self._origin = f"{self._host}:{self._port}"
         self.max_connections = max_connections
         self.max_body = max_body
@@ -269,7 +272,7 @@ class HttpClient:
         try:
             _, conn = await loop.create_connection(
                 lambda: Connection(self), self._host, self._port, ssl=context,
-                server_hostname=self._host.rstrip(".") if context else None)
+                server_hostname=self._server_hostname if context else None)
         except ssl.SSLError as exc:
             raise ConnectError(f"TLS handshake with {self._origin} failed: {exc}") from exc
         except OSError as exc:
