@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.client_tls import check_client_tls
+from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = ["ExportWorkerConfig", "OtlpExporterConfig", "RemoteWriteConfig"]
 
@@ -31,12 +33,27 @@ class RemoteWriteConfig:
     headers: dict[str, str] = field(default_factory=dict)
     #: Most keep-alive connections to the backend.
     max_connections: int = 16
+    #: TLS (https:// only), named as in Prometheus' ``tls_config``; see
+    #: :mod:`phoenixcp.platform.client_tls`. Verify the backend against this PEM CA bundle
+    #: instead of the system's roots ...
+    ca_file: str | None = None
+    #: ... present this client certificate and key (mTLS; both or neither) ...
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: ... send this name as SNI and check the certificate for it instead of the URL's host ...
+    server_name: str | None = None
+    #: ... or check no certificate at all (the exporter logs a warning): tests only.
+    insecure_skip_verify: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"export.url: {self.url!r} is not an http:// or https:// URL",
                               key="url")
         _positive("export", self, "timeout", "max_connections")
+        try:
+            check_client_tls(self, url=self.url)
+        except FieldInvalid as exc:
+            raise ConfigError(f"export.{exc.field}: {exc}", key=exc.field) from None
 
 
 @dataclass(frozen=True, kw_only=True)

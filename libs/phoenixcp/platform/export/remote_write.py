@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from typing import Final
+from urllib.parse import urlsplit
 
 import cramjam
 
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.client_tls import client_ssl_context
+from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export.config import RemoteWriteConfig
 from phoenixcp.platform.export.http_client import HttpClient, HttpClientError
 from phoenixcp.platform.export.result import ExportOutcome, ExportResult
 
 __all__ = ["RemoteWriteExporter", "classify_status"]
+
+_log = logging.getLogger(__name__)
 
 _HEADERS: Final = {
     "Content-Encoding": "snappy",
@@ -48,21 +55,34 @@ class RemoteWriteExporter:
     """Posts to one remote-write URL over a pool of keep-alive connections (our own HTTP/1.1
     client, :mod:`~phoenixcp.platform.export.http_client`: aiohttp's cost 3x the CPU).
 
-    Nothing connects at construction. Concurrency: ``export`` may run concurrently (up to
+    Nothing connects at construction, but the TLS files (``ca_file``, ``cert_file``,
+    ``key_file``) are read then. Concurrency: ``export`` may run concurrently (up to
     ``max_connections`` sockets; more callers wait their turn). Never raises; the constructor
-    raises :class:`~phoenixcp.errors.ConfigError` for a URL or header it cannot send.
+    raises :class:`~phoenixcp.errors.ConfigError` for a URL or header it cannot send, and
+    for a TLS file it cannot use (naming the option, the file and why).
     """
 
     def __init__(self, *, config: RemoteWriteConfig) -> None:
         self._config = config
         try:
+            context = client_ssl_context(config)
+        except FieldInvalid as exc:
+            raise ConfigError(f"export.{exc.field}: {exc}", key=exc.field) from None
+        try:
             self._client = HttpClient(config.url, max_connections=config.max_connections,
                                       timeout=config.timeout,
                                       headers=_merged(_HEADERS, config.headers),
+                                      ssl_context=context, server_hostname=config.server_name,
                                       max_body=_ERROR_BODY_BYTES)
         except ValueError as exc:  # a URL without a host, a header with a line break
             raise ConfigError(f"export: {exc}") from exc
         self._closed = False
+        self._verify_hint = _verify_hint(config)
+        if config.insecure_skip_verify:
+            _log.warning("TLS certificate verification is off for this exporter "
+                         "(insecure_skip_verify): anyone on the path can read and change "
+                         "what it sends", extra={"fields": {"exporter": config.name,
+                                                             "url": config.url}})
 
     @property
     def name(self) -> str:
@@ -86,8 +106,10 @@ class RemoteWriteExporter:
             return ExportOutcome(result, f"HTTP {status}: {text}",
                                  _retry_after(response.header("Retry-After")))
         except (HttpClientError, OSError) as exc:  # TimeoutError is an OSError
-            return ExportOutcome(ExportResult.RETRYABLE,
-                                 f"{type(exc).__name__}: {exc}"[:_REASON_CHARS])
+            reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+                reason += self._verify_hint
+            return ExportOutcome(ExportResult.RETRYABLE, reason[:_REASON_CHARS])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the contract: never raise into the worker
@@ -98,6 +120,13 @@ class RemoteWriteExporter:
         """Close the connections; idempotent."""
         self._closed = True
         await self._client.close()
+
+
+def _verify_hint(config: RemoteWriteConfig) -> str:
+    """What the exporter checked the backend's certificate against, for a failed check."""
+    trusted = f"ca_file {config.ca_file}" if config.ca_file else "the system's CA roots"
+    name = config.server_name or urlsplit(config.url).hostname
+    return f" (checked against {trusted}, for the name {name})"
 
 
 def _merged(defaults: dict[str, str], configured: dict[str, str]) -> dict[str, str]:

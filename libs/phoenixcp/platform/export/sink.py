@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,12 +48,14 @@ class CountingSink:
     """An aiohttp server on ``host:port`` (0: a free port) that counts remote-write data.
 
     Concurrency: one event loop. ``keep_bodies`` stores each accepted uncompressed body in
-    ``bodies`` for tests. ``start``/``stop`` are idempotent.
+    ``bodies`` for tests. With ``ssl_context`` (a server context) it serves HTTPS, and
+    requires client certificates when the context does. ``start``/``stop`` are idempotent.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
-                 keep_bodies: bool = False) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, keep_bodies: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._host, self._port = host, port
+        self._ssl = ssl_context
         self.keep_bodies = keep_bodies
         self.counts = SinkCounts()
         self.bodies: list[bytes] = []
@@ -64,7 +67,8 @@ class CountingSink:
     @property
     def url(self) -> str:
         """The remote-write URL to export to."""
-        return f"http://{self._host}:{self._port}/api/v1/write"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}/api/v1/write"
 
     async def start(self) -> None:
         """Listen; ``url`` is valid afterwards."""
@@ -77,7 +81,7 @@ class CountingSink:
         await self._runner.setup()
         sock = socket.create_server((self._host, self._port), reuse_port=False)
         self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self._ssl).start()
 
     async def stop(self) -> None:
         """Close the listener and connections."""

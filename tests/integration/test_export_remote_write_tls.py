@@ -1,0 +1,213 @@
+"""Remote-write over HTTPS: queue → ExportWorker → RemoteWriteExporter → a CountingSink that
+serves TLS with a certificate from the repository's local CA (and asks for client
+certificates when a test says so).
+
+A backend the exporter cannot verify, or one that refuses it, holds the data back: the worker
+retries, logs the reason, and nothing leaves the queue until the configuration is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from phoenixcp.platform.export import (
+    ExportMetrics,
+    ExportResult,
+    ExportWorker,
+    ExportWorkerConfig,
+    RemoteWriteConfig,
+    RemoteWriteExporter,
+)
+from phoenixcp.platform.export.sink import CountingSink
+from phoenixcp.platform.queue import DurableQueue, QueueConfig
+from phoenixcp.platform.tls import LocalCA
+from tests.integration._export_support import numbered, sample_values
+
+pytestmark = pytest.mark.integration
+
+FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
+                          backoff_initial=timedelta(milliseconds=10),
+                          backoff_max=timedelta(milliseconds=100))
+HOUR = dt.timedelta(hours=1)
+
+
+class Pki:
+    """The local CA's bundle, the sink's certificate (loopback names, or one DNS name only),
+    and a client certificate for the exporter."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ca = LocalCA.open(directory / "ca")
+        self.ca_file, self.server_cert, self.server_key = self.ca.issue(
+            "backend", ttl=HOUR).write(directory, "server")
+        _, self.named_cert, self.named_key = self.ca.issue(
+            "backend", ttl=HOUR, hosts=["backend.internal"]).write(directory, "named")
+        _, self.client_cert, self.client_key = self.ca.issue(
+            "metrics-pipeline", ttl=HOUR).write(directory, "client")
+
+    def server_context(self, *, mtls: bool = False, named: bool = False) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_file))
+        context.load_cert_chain(*((self.named_cert, self.named_key) if named
+                                  else (self.server_cert, self.server_key)))
+        context.verify_mode = ssl.CERT_REQUIRED if mtls else ssl.CERT_NONE
+        return context
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+SinkFactory = Callable[..., Awaitable[CountingSink]]
+
+
+@pytest.fixture
+async def https_sink(pki: Pki) -> AsyncIterator[SinkFactory]:
+    sinks: list[CountingSink] = []
+
+    async def start(*, mtls: bool = False, named: bool = False) -> CountingSink:
+        sink = CountingSink(keep_bodies=True,
+                            ssl_context=pki.server_context(mtls=mtls, named=named))
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield start
+    for sink in sinks:
+        await sink.stop()
+
+
+@contextlib.asynccontextmanager
+async def queue_at(directory: Path) -> AsyncIterator[DurableQueue]:
+    """The queue in ``directory``; opening it again is a restart (unacknowledged records are
+    handed out again)."""
+    async with DurableQueue(config=QueueConfig(directory=directory, name="rw")) as q:
+        yield q
+
+
+@contextlib.asynccontextmanager
+async def running(queue: DurableQueue, registry: CollectorRegistry,
+                  config: RemoteWriteConfig) -> AsyncIterator[ExportWorker]:
+    """A worker on ``queue``, shut down before the queue closes whatever the test did (one
+    left running on a closed queue would spin)."""
+    w = ExportWorker(queue=queue, exporter=RemoteWriteExporter(config=config), config=FAST,
+                     metrics=ExportMetrics(registry))
+    w.start()
+    try:
+        yield w
+    finally:
+        await w.shutdown(0.2)
+
+
+def retryable(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("phoenix_export_requests_total",
+                                     {"exporter": "remote-write", "result": "retryable"}) or 0
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+async def test_with_ca_file_a_batch_is_delivered(pki: Pki, https_sink: SinkFactory,
+                                                 tmp_path: Path) -> None:
+    sink = await https_sink()
+    assert sink.url.startswith("https://127.0.0.1:")
+    config = RemoteWriteConfig(url=sink.url, ca_file=str(pki.ca_file))
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(), config) as w:
+        for b in range(4):
+            await queue.append(numbered(b), count=50)
+        assert await w.force_flush(10)
+        assert sink.counts.samples == 200 and len(queue) == 0
+        assert sorted(sample_values(sink.bodies)) == sorted(
+            sample_values([numbered(b) for b in range(4)]))
+        assert await w.shutdown(5)
+
+
+async def test_without_ca_file_verification_fails_and_the_records_stay_queued(
+        pki: Pki, https_sink: SinkFactory, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sink = await https_sink()
+    registry = CollectorRegistry()
+    system_roots = RemoteWriteConfig(url=sink.url)
+    async with queue_at(tmp_path) as queue, running(queue, registry, system_roots) as w:
+        for b in range(3):
+            await queue.append(numbered(b), count=50)
+        await until(lambda: retryable(registry) >= 3)
+        assert len(queue) == 3 and sink.counts.requests == 0
+        assert (registry.get_sample_value("phoenix_export_samples_total",
+                                          {"exporter": "remote-write", "outcome": "retried"})
+                or 0) > 0
+        assert not await w.shutdown(0.2)
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("export failed")]
+    reason: str = logged.fields["reason"]  # type: ignore[attr-defined]
+    assert reason.startswith(f"ConnectError: TLS handshake with {sink.url.split('/')[2]} "
+                             "failed: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+                             "failed")
+    assert reason.endswith("(checked against the system's CA roots, for the name 127.0.0.1)")
+
+    # The configuration fixed, the next start delivers everything that was queued.
+    fixed = RemoteWriteConfig(url=sink.url, ca_file=str(pki.ca_file))
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(), fixed) as w:
+        assert await w.force_flush(10)
+        assert sink.counts.samples == 150 and len(queue) == 0
+
+
+async def test_mtls_client_certificate(pki: Pki, https_sink: SinkFactory,
+                                       tmp_path: Path) -> None:
+    sink = await https_sink(mtls=True)
+    with_cert = RemoteWriteConfig(url=sink.url, ca_file=str(pki.ca_file),
+                                  cert_file=str(pki.client_cert), key_file=str(pki.client_key))
+    exporter = RemoteWriteExporter(config=with_cert)
+    assert (await exporter.export(numbered(0), tenant="")).result is ExportResult.SUCCESS
+    assert sink.counts.samples == 50
+    await exporter.shutdown()
+
+    registry = CollectorRegistry()
+    without = RemoteWriteConfig(url=sink.url, ca_file=str(pki.ca_file))
+    async with queue_at(tmp_path) as queue, running(queue, registry, without) as w:
+        await queue.append(numbered(1), count=50)
+        await until(lambda: retryable(registry) >= 2)
+        assert sink.counts.requests == 1 and len(queue) == 1  # refused: nothing got through
+        assert not await w.shutdown(0.2)
+
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(),
+                                                    with_cert) as w:
+        assert await w.force_flush(10)
+        assert sink.counts.samples == 100
+
+
+
+async def test_server_name_is_checked_instead_of_the_url_host(pki: Pki,
+                                                              https_sink: SinkFactory) -> None:
+    sink = await https_sink(named=True)  # a certificate for backend.internal only
+    by_url = RemoteWriteExporter(config=RemoteWriteConfig(url=sink.url,
+                                                          ca_file=str(pki.ca_file)))
+    outcome = await by_url.export(numbered(0), tenant="")
+    assert outcome.result is ExportResult.RETRYABLE
+    assert "IP address mismatch, certificate is not valid for '127.0.0.1'" in outcome.reason
+    assert outcome.reason.endswith(f"(checked against ca_file {pki.ca_file}, for the name "
+                                   "127.0.0.1)")
+    await by_url.shutdown()
+
+    named = RemoteWriteExporter(config=RemoteWriteConfig(
+        url=sink.url, ca_file=str(pki.ca_file), server_name="backend.internal"))
+    assert (await named.export(numbered(0), tenant="")).result is ExportResult.SUCCESS
+    await named.shutdown()
+
+    unverified = RemoteWriteExporter(config=RemoteWriteConfig(url=sink.url,
+                                                              insecure_skip_verify=True))
+    assert (await unverified.export(numbered(1), tenant="")).result is ExportResult.SUCCESS
+    await unverified.shutdown()
+    assert sink.counts.samples == 100
