@@ -44,7 +44,9 @@ def _exporter(config: ExporterConfig) -> Exporter:
             tenant_header=config.tenant_header))
     return RemoteWriteExporter(config=RemoteWriteConfig(
         url=config.endpoint, name=config.name, timeout=config.timeout,
-        tenant_header=config.tenant_header))
+        tenant_header=config.tenant_header, ca_file=config.ca_file,
+        cert_file=config.cert_file, key_file=config.key_file, server_name=config.server_name,
+        insecure_skip_verify=config.insecure_skip_verify))
 
 
 @dataclass

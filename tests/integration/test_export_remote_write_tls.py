@@ -16,9 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from metrics_pipeline.forwarding import Forwarder
+from phoenixcp.core.batch import MetricBatch
+from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import (
     ExportMetrics,
     ExportResult,
@@ -211,3 +215,31 @@ async def test_server_name_is_checked_instead_of_the_url_host(pki: Pki,
     assert (await unverified.export(numbered(1), tenant="")).result is ExportResult.SUCCESS
     await unverified.shutdown()
     assert sink.counts.samples == 100
+
+
+async def test_the_config_file_path_reaches_an_mtls_backend(
+        pki: Pki, https_sink: SinkFactory, tmp_path: Path) -> None:
+    sink = await https_sink(mtls=True)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""
+pipeline:
+  exporters:
+    - name: secure
+      type: remote-write
+      endpoint: {sink.url}
+      flush_interval: 50ms
+      ca_file: {pki.ca_file}
+      cert_file: {pki.client_cert}
+      key_file: {pki.client_key}
+""")
+    config = load_service_config(path, "metrics-pipeline", environ={})
+    forwarder = Forwarder(config=config.pipeline, data_dir=tmp_path / "data",
+                          registry=CollectorRegistry())
+    await forwarder.start()
+    body = numbered(7)
+    await forwarder.accept(MetricBatch(tenant="acme", write_request=body,
+                                       series_keys=np.zeros(10, np.uint64), sample_count=50,
+                                       received_at=0))
+    await until(lambda: sink.counts.samples == 50)
+    assert sink.bodies == [body]
+    await forwarder.shutdown()

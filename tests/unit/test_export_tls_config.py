@@ -1,5 +1,5 @@
 """The remote-write exporter's TLS options: each bad input stops the start with its own message,
-from ``RemoteWriteConfig`` and from the exporter (which reads the files).
+from ``RemoteWriteConfig``, from the exporter (which reads the files) and from the config file.
 
 Certificates come from the repository's local CA; nothing connects.
 """
@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import RemoteWriteConfig, RemoteWriteExporter
 from phoenixcp.platform.tls import LocalCA
 
@@ -126,3 +127,67 @@ async def test_skipping_verification_is_logged_once_per_exporter(
     caplog.clear()
     RemoteWriteConfig(url=HTTPS, insecure_skip_verify=True)  # the config alone says nothing
     assert not caplog.records
+
+
+# The config file: the same checks, the message naming the exporter's key.
+
+
+def load(tmp_path: Path, exporter: str) -> ConfigError:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("pipeline:\n  exporters:\n    - name: vm\n" + "".join(
+        f"      {line}\n" for line in exporter.strip().splitlines()))
+    with pytest.raises(ConfigError) as caught:
+        load_service_config(path, "metrics-pipeline", environ={})
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    return caught.value
+
+
+def test_the_config_file_reads_the_tls_keys(tmp_path: Path, files: Files) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""
+pipeline:
+  exporters:
+    - name: vm
+      type: remote-write
+      endpoint: {HTTPS}
+      ca_file: {files.ca}
+      cert_file: {files.cert}
+      key_file: {files.key}
+      server_name: backend.internal
+""")
+    (exporter,) = load_service_config(path, "metrics-pipeline", environ={}).pipeline.exporters
+    assert (exporter.ca_file, exporter.cert_file, exporter.key_file, exporter.server_name,
+            exporter.insecure_skip_verify) == (files.ca, files.cert, files.key,
+                                               "backend.internal", False)
+
+
+def test_the_config_file_names_the_exporter_key(tmp_path: Path, files: Files) -> None:
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\nca_file: {files.missing}")
+    assert error.key == "pipeline.exporters[0].ca_file"
+    assert (f"pipeline.exporters[0].ca_file: '{files.missing}' cannot be read: No such file "
+            "or directory") in str(error)
+
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\n"
+                           f"cert_file: {files.cert}\nkey_file: {files.other_key}")
+    assert "pipeline.exporters[0].key_file: " in str(error)
+    assert "is not the private key of the certificate" in str(error)
+
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTP}\ncert_file: {files.cert}\n"
+                           f"key_file: {files.key}")
+    assert "pipeline.exporters[0].cert_file: is a TLS option, but" in str(error)
+
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\ncert_file: {files.cert}")
+    assert "pipeline.exporters[0].key_file: is missing" in str(error)
+
+    error = load(tmp_path, "type: otlp\nendpoint: 127.0.0.1:4317\nca_file: ca.pem")
+    assert ("pipeline.exporters[0].ca_file: is an option of type remote-write; an otlp "
+            "exporter takes no TLS options from the config file") in str(error)
+
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\n"
+                           "insecure_skip_verify: maybe")
+    assert ("pipeline.exporters[0].insecure_skip_verify: 'maybe' is not a boolean; "
+            "use true or false") in str(error)
+
+    error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\ntls_ca_file: ca.pem")
+    assert "unknown key pipeline.exporters[0].tls_ca_file; allowed keys at " in str(error)
+    assert "ca_file, cert_file, concurrency" in str(error)

@@ -20,11 +20,23 @@ Example::
                                          # ones (a 1,000-sample remote-write) go out as they came
           flush_interval: 1s
           tenant_header: false           # send X-Scope-OrgID (Mimir, VictoriaMetrics cluster)
+          # TLS, remote-write to an https:// endpoint only (as Prometheus' tls_config):
+          ca_file: null                  # PEM CA bundle to verify the backend with, instead
+                                         # of the system's roots
+          cert_file: null                # client certificate (PEM) for mTLS ...
+          key_file: null                 # ... and its unencrypted private key: both or neither
+          server_name: null              # name for SNI and the certificate check, when it is
+                                         # not the endpoint's host (e.g. an IP endpoint)
+          insecure_skip_verify: false    # check no certificate at all (logged; tests only)
       static_policies:                   # applied to every tenant, besides etcd's policies
         - id: cap-everything
           cap: {max_series: 120000, scope: CAP_SCOPE_PER_TENANT}
       window_interval: 10s               # window reports to NATS phoenix.telemetry.pipeline.*
       merge_flush_interval: 15s          # caps, top-K and roll-ups emit merged series this often
+
+The TLS files are read when the config is loaded: a missing or unusable file (not PEM, a key
+that does not match the certificate, an encrypted key) stops the start with the key, the file
+and the reason.
 
 With no exporter, the pipeline accepts and counts what it receives and forwards nothing: say so
 loudly, it is only for trying Phoenix out (``phoenixctl up`` starts a counting sink instead).
@@ -37,6 +49,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from phoenixcp.platform.client_tls import check_client_tls, client_ssl_context, tls_options_set
 from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = ["ExporterConfig", "PipelineConfig"]
@@ -56,6 +69,11 @@ class ExporterConfig:
     max_batch_samples: int = 1_000
     flush_interval: timedelta = timedelta(seconds=1)
     tenant_header: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -70,6 +88,12 @@ class ExporterConfig:
         if not 1 <= self.max_batch_samples <= 1_000_000:
             raise FieldInvalid("max_batch_samples",
                                f"{self.max_batch_samples} is out of range; use 1 to 1000000")
+        if self.type == "otlp" and (given := tls_options_set(self)):
+            raise FieldInvalid(given[0], "is an option of type remote-write; an otlp exporter "
+                               "takes no TLS options from the config file")
+        if self.type == "remote-write":
+            check_client_tls(self, url=self.endpoint)
+            client_ssl_context(self)  # reads the files: a bad one stops the start, here
 
 
 @dataclass(frozen=True, kw_only=True)
