@@ -13,7 +13,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from phoenixcp.platform.export import (
-    CountingSink,
     ExportMetrics,
     ExportResult,
     ExportWorker,
@@ -21,6 +20,7 @@ from phoenixcp.platform.export import (
     RemoteWriteConfig,
     RemoteWriteExporter,
 )
+from phoenixcp.platform.export.sink import CountingSink
 from phoenixcp.platform.queue import DEAD_LETTER_FILE, DurableQueue, QueueConfig
 from tests.integration._export_support import numbered, sample_values
 
@@ -170,3 +170,27 @@ async def test_compressed_records_pass_through_or_combine_once(queue: DurableQue
     assert sorted(sample_values(sink.bodies)) == sorted(
         sample_values([numbered(b) for b in range(5)]))
     assert await w.shutdown(5)
+
+
+@pytest.mark.timeout(20)  # a regression spins without yielding: only the alarm ends it
+async def test_a_worker_whose_queue_is_closed_under_it_stops_and_keeps_what_is_unsent(
+        tmp_path: Path, sink: CountingSink) -> None:
+    """Shut down out of order (the queue first): the worker stops instead of spinning on a
+    queue that no longer waits, and the records it had not sent are there at the next start."""
+    config = QueueConfig(directory=tmp_path, name="rw")
+    sink.status = 503
+    async with DurableQueue(config=config) as queue:
+        w = worker(queue, sink, CollectorRegistry())
+        for b in range(5):
+            await queue.append(numbered(b), count=50)
+        for _ in range(200):
+            if sink.counts.refused:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.counts.refused
+    task = w._run_task
+    assert task is not None
+    await asyncio.wait_for(asyncio.shield(task), 5)  # returns: not spinning until shutdown
+    await w.shutdown(1)
+    async with DurableQueue(config=config) as reopened:
+        assert len(reopened) == 5

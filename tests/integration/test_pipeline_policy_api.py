@@ -33,7 +33,7 @@ from phoenixcp.api.phoenix.v1 import (
 from phoenixcp.cli.stack import ENDPOINTS_FILE, Backend, ServiceProcess
 from phoenixcp.core.identity import OPERATOR, service, spiffe_id
 from phoenixcp.platform.embedded import EmbeddedEtcd, EmbeddedNats
-from phoenixcp.platform.export import CountingSink
+from phoenixcp.platform.export.sink import CountingSink
 from phoenixcp.platform.rpc import health_status, secure_channel
 from phoenixcp.platform.rpc.errors import ERROR_DETAIL_KEY
 from phoenixcp.platform.tls import CertBundle, LocalCA

@@ -17,7 +17,7 @@ from phoenixcp.api.prometheus import remote_pb2
 from phoenixcp.cli.stack import Backend, ServiceProcess
 from phoenixcp.core.identity import OPERATOR, service
 from phoenixcp.platform.embedded import EmbeddedEtcd, EmbeddedNats
-from phoenixcp.platform.export import CountingSink
+from phoenixcp.platform.export.sink import CountingSink
 from phoenixcp.platform.rpc import health_status, secure_channel
 from phoenixcp.platform.tls import LocalCA
 from tests.integration._pipeline_support import eventually, post, snappy, write_request

@@ -98,6 +98,12 @@ class ExportWorker:
             wait = min((b.deadline for b in self._batches.values()), default=now + _POLL) - now
             entries = await self._queue.get(_GET_RECORDS, max_bytes=self._config.max_bytes,
                                             timeout=max(0.0, min(wait, _POLL)))
+            if not entries and self._queue.closed:
+                # Closed under a running worker (shutdown out of order): get() no longer
+                # waits, so looping on would spin. What is not sent stays on disk.
+                _log.warning("export worker %s stops: its queue was closed before the worker",
+                             self.name)
+                return
             now = time.monotonic()
             for entry in entries:
                 batch = self._batches.get(entry.tenant)

@@ -87,6 +87,11 @@ class DurableQueue:
         return self._config
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran: :meth:`get` then returns at once."""
+        return self._closed
+
+    @property
     def size_bytes(self) -> int:
         """Bytes of segment files on disk (what ``max_bytes`` bounds)."""
         return self._bytes
