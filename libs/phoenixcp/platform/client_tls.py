@@ -1,4 +1,5 @@
-"""TLS options of an HTTPS client (the remote-write exporter): checked, then made an SSLContext.
+"""TLS options of a client (the remote-write and OTLP/gRPC exporters): checked, then made an
+SSLContext (HTTPS) or read as PEM bytes (gRPC, which takes bytes).
 
 The options are named as in Prometheus' ``tls_config``:
 
@@ -8,35 +9,51 @@ The options are named as in Prometheus' ``tls_config``:
   differs from the URL's host (an IP address, a load balancer's name);
 - ``insecure_skip_verify``: do not verify the server's certificate at all (tests only).
 
-Both the config file's schema (``pipeline.exporters``) and ``RemoteWriteConfig`` check the
-options with these functions, which raise
+A gRPC client (OTLP) takes the first four with the same meaning (``server_name`` becomes the
+channel option ``grpc.ssl_target_name_override``); instead of a URL scheme, ``insecure``
+says whether it uses TLS: true is plaintext, false is TLS, unset is TLS exactly when one of
+the four is set (see :func:`grpc_uses_tls`). gRPC cannot skip verification.
+
+The config file's schema (``pipeline.exporters``), ``RemoteWriteConfig`` and
+``OtlpExporterConfig`` check the options with these functions, which raise
 :class:`~phoenixcp.platform.config_loader.FieldInvalid` naming the option; each schema turns
-that into its own ``ConfigError``. :func:`client_ssl_context` reads the files when it is
-called, so a missing or unusable file stops the start instead of failing the first send.
+that into its own ``ConfigError``. :func:`client_ssl_context` and
+:func:`read_client_tls_files` read the files when they are called, with the same checks
+(readable, PEM, the key is the certificate's and not encrypted), so a missing or unusable
+file stops the start instead of failing the first send.
 """
 
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = [
+    "GRPC_TLS_OPTIONS",
     "TLS_OPTIONS",
+    "ClientTlsFiles",
     "ClientTlsOptions",
+    "GrpcTlsOptions",
     "check_client_tls",
+    "check_grpc_client_tls",
     "client_ssl_context",
+    "grpc_uses_tls",
+    "read_client_tls_files",
     "tls_options_set",
 ]
 
 #: Every option, in the order errors about them are reported.
 TLS_OPTIONS: Final = ("ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify")
+#: The options of a gRPC client that need TLS, in the same order.
+GRPC_TLS_OPTIONS: Final = ("ca_file", "cert_file", "key_file", "server_name")
 
 
-class ClientTlsOptions(Protocol):
-    """The TLS options of a client config (a frozen dataclass has them as fields)."""
+class _TlsNames(Protocol):
+    """The options every client has: the files and the name to check."""
 
     @property
     def ca_file(self) -> str | None: ...
@@ -50,8 +67,19 @@ class ClientTlsOptions(Protocol):
     @property
     def server_name(self) -> str | None: ...
 
+
+class ClientTlsOptions(_TlsNames, Protocol):
+    """The TLS options of an HTTPS client config (a frozen dataclass has them as fields)."""
+
     @property
     def insecure_skip_verify(self) -> bool: ...
+
+
+class GrpcTlsOptions(_TlsNames, Protocol):
+    """The TLS options of a gRPC client config: ``insecure`` instead of a URL scheme."""
+
+    @property
+    def insecure(self) -> bool | None: ...
 
 
 def tls_options_set(options: ClientTlsOptions) -> list[str]:
@@ -59,22 +87,51 @@ def tls_options_set(options: ClientTlsOptions) -> list[str]:
     return [name for name in TLS_OPTIONS if getattr(options, name) not in (None, False)]
 
 
-def check_client_tls(options: ClientTlsOptions, *, url: str) -> None:
-    """Raise FieldInvalid when the options cannot work for ``url`` or together; reads no file."""
-    for name in ("ca_file", "cert_file", "key_file", "server_name"):
+def grpc_uses_tls(options: GrpcTlsOptions) -> bool:
+    """Whether a gRPC client with these options uses TLS: ``not insecure`` when it is set,
+    else whether any of ``GRPC_TLS_OPTIONS`` is (plaintext when none is, as before they
+    existed)."""
+    if options.insecure is not None:
+        return not options.insecure
+    return any(getattr(options, name) is not None for name in GRPC_TLS_OPTIONS)
+
+
+def _check_not_empty(options: _TlsNames) -> None:
+    for name in GRPC_TLS_OPTIONS:
         value = getattr(options, name)
         if value is not None and not value.strip():
             raise FieldInvalid(name, "is empty; leave it out instead")
-    given = tls_options_set(options)
-    if given and not url.startswith("https://"):
-        raise FieldInvalid(given[0], f"is a TLS option, but {url!r} is not an https:// URL; "
-                           "use https:// or drop the TLS options")
+
+
+def _check_pair(options: _TlsNames) -> None:
     if options.cert_file is not None and options.key_file is None:
         raise FieldInvalid("key_file", "is missing: cert_file needs its private key in "
                            "key_file (set both or neither)")
     if options.key_file is not None and options.cert_file is None:
         raise FieldInvalid("cert_file", "is missing: key_file needs its certificate in "
                            "cert_file (set both or neither)")
+
+
+def check_grpc_client_tls(options: GrpcTlsOptions) -> None:
+    """Raise FieldInvalid when a gRPC client's options cannot work together; reads no file."""
+    _check_not_empty(options)
+    if options.insecure:
+        given = [name for name in GRPC_TLS_OPTIONS if getattr(options, name) is not None]
+        if given:
+            raise FieldInvalid(given[0], "is a TLS option, but insecure is true (plaintext); "
+                               "drop insecure (TLS is on when a TLS option is set) or drop "
+                               "the TLS options")
+    _check_pair(options)
+
+
+def check_client_tls(options: ClientTlsOptions, *, url: str) -> None:
+    """Raise FieldInvalid when the options cannot work for ``url`` or together; reads no file."""
+    _check_not_empty(options)
+    given = tls_options_set(options)
+    if given and not url.startswith("https://"):
+        raise FieldInvalid(given[0], f"is a TLS option, but {url!r} is not an https:// URL; "
+                           "use https:// or drop the TLS options")
+    _check_pair(options)
     if options.insecure_skip_verify and options.ca_file is not None:
         raise FieldInvalid("ca_file", "is not used when insecure_skip_verify is true (the "
                            "server's certificate is not checked at all); drop one of them")
@@ -111,21 +168,51 @@ def client_ssl_context(options: ClientTlsOptions) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     elif options.ca_file is not None:
-        try:
-            context = ssl.create_default_context(cafile=options.ca_file)
-        except ssl.SSLError as exc:
-            raise FieldInvalid("ca_file", f"{options.ca_file!r} holds no PEM certificate "
-                               f"({exc.reason or exc}); a CA bundle is one or more "
-                               "'-----BEGIN CERTIFICATE-----' blocks") from None
-        except OSError as exc:
-            raise FieldInvalid("ca_file", f"{options.ca_file!r} cannot be read: "
-                               f"{exc.strerror or exc}") from None
+        context = _verifying_with(options.ca_file)
     else:
         context = ssl.create_default_context()
     context.set_alpn_protocols(["http/1.1"])
     if options.cert_file is not None and options.key_file is not None:
         _load_client_certificate(context, options.cert_file, options.key_file)
     return context
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTlsFiles:
+    """The PEM bytes of a client's TLS files (None: not configured), for gRPC's
+    ``ssl_channel_credentials``."""
+
+    ca_pem: bytes | None
+    cert_pem: bytes | None
+    key_pem: bytes | None
+
+
+def read_client_tls_files(options: _TlsNames) -> ClientTlsFiles:
+    """Read the files after checking them as :func:`client_ssl_context` does, with the same
+    FieldInvalid messages. Call :func:`check_grpc_client_tls` (or ``check_client_tls``)
+    first."""
+    if options.ca_file is not None:
+        _verifying_with(options.ca_file)
+    if options.cert_file is not None and options.key_file is not None:
+        _load_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+                                 options.cert_file, options.key_file)
+    return ClientTlsFiles(
+        ca_pem=None if options.ca_file is None else _read("ca_file", options.ca_file),
+        cert_pem=None if options.cert_file is None else _read("cert_file", options.cert_file),
+        key_pem=None if options.key_file is None else _read("key_file", options.key_file))
+
+
+def _verifying_with(ca_file: str) -> ssl.SSLContext:
+    """A client context that trusts ``ca_file``'s bundle only."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise FieldInvalid("ca_file", f"{ca_file!r} holds no PEM certificate "
+                           f"({exc.reason or exc}); a CA bundle is one or more "
+                           "'-----BEGIN CERTIFICATE-----' blocks") from None
+    except OSError as exc:
+        raise FieldInvalid("ca_file", f"{ca_file!r} cannot be read: "
+                           f"{exc.strerror or exc}") from None
 
 
 def _load_client_certificate(context: ssl.SSLContext, cert_file: str, key_file: str) -> None:

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from phoenixcp.errors import ConfigError
-from phoenixcp.platform.client_tls import check_client_tls
+from phoenixcp.platform.client_tls import (
+    check_client_tls,
+    check_grpc_client_tls,
+    grpc_uses_tls,
+)
 from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = ["ExportWorkerConfig", "OtlpExporterConfig", "RemoteWriteConfig"]
@@ -63,12 +67,20 @@ class OtlpExporterConfig:
     target: str
     name: str = "otlp"
     timeout: timedelta = timedelta(seconds=30)
-    #: TLS: off when ``insecure``; else verified against ``ca_file`` (system roots if None),
-    #: with a client certificate when ``cert_file`` and ``key_file`` are set.
-    insecure: bool = True
+    #: Plaintext when true, TLS when false; unset (the default): TLS exactly when one of the
+    #: options below is set, so a config without them stays plaintext as it always was. See
+    #: :mod:`phoenixcp.platform.client_tls`; true together with a TLS option is refused.
+    insecure: bool | None = None
+    #: Verify the receiver against this PEM CA bundle instead of the roots bundled with
+    #: grpcio (``GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`` replaces those; ``SSL_CERT_FILE`` does
+    #: not) ...
     ca_file: str | None = None
+    #: ... present this client certificate and key (mTLS; both or neither) ...
     cert_file: str | None = None
     key_file: str | None = None
+    #: ... check the certificate for this name (also sent as SNI and ``:authority``) instead
+    #: of the target's host: gRPC's ``grpc.ssl_target_name_override``.
+    server_name: str | None = None
     #: Send the tenant as ``x-scope-orgid`` gRPC metadata.
     tenant_header: bool = False
     headers: dict[str, str] = field(default_factory=dict)
@@ -76,10 +88,16 @@ class OtlpExporterConfig:
     def __post_init__(self) -> None:
         if ":" not in self.target:
             raise ConfigError(f"export.target: {self.target!r} is not HOST:PORT", key="target")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError("export.cert_file: needs key_file too (and the reverse)",
-                              key="cert_file")
         _positive("export", self, "timeout")
+        try:
+            check_grpc_client_tls(self)
+        except FieldInvalid as exc:
+            raise ConfigError(f"export.{exc.field}: {exc}", key=exc.field) from None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the exporter uses TLS (see ``insecure``)."""
+        return grpc_uses_tls(self)
 
 
 @dataclass(frozen=True, kw_only=True)

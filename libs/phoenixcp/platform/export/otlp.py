@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import os
 from typing import Final
 
 import cramjam
@@ -11,6 +11,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 
+from phoenixcp.errors import ConfigError
+from phoenixcp.platform.client_tls import read_client_tls_files
+from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export._otlp_convert import write_request_to_otlp
 from phoenixcp.platform.export.config import OtlpExporterConfig
 from phoenixcp.platform.export.result import ExportOutcome, ExportResult
@@ -20,25 +23,41 @@ __all__ = ["OtlpExporter"]
 _REJECTED: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
                               grpc.StatusCode.DATA_LOSS})
 _REASON_CHARS: Final = 512
-
-
-def _read(path: str | None) -> bytes | None:
-    return Path(path).read_bytes() if path else None
+#: How gRPC's reason reads when the receiver's certificate failed the check (BoringSSL's
+#: verify error; gRPC's own hostname check).
+_VERIFY_FAILED: Final = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
+#: gRPC core reads its default CA roots from this file instead of grpcio's bundled ones.
+_ROOTS_ENV: Final = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
 
 
 class OtlpExporter:
-    """Sends to one OTLP/gRPC receiver over one ``grpc.aio`` channel (opened on first use).
+    """Sends to one OTLP/gRPC receiver over one ``grpc.aio`` channel (opened on first use),
+    in plaintext or over TLS as the config says (:attr:`OtlpExporterConfig.tls`).
 
-    INVALID_ARGUMENT (and OUT_OF_RANGE, DATA_LOSS) → REJECTED; every other status, including
-    UNAVAILABLE, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, → RETRYABLE, so a misconfigured
-    credential holds data back instead of dropping it. A partial success is SUCCESS with
-    the receiver's message as the reason. Never raises; ``export`` may run concurrently.
+    The TLS files are read at construction, which raises
+    :class:`~phoenixcp.errors.ConfigError` naming the option, the file and why it cannot be
+    used. INVALID_ARGUMENT (and OUT_OF_RANGE, DATA_LOSS) → REJECTED; every other status,
+    including UNAVAILABLE (a failed TLS handshake, too), RESOURCE_EXHAUSTED and
+    DEADLINE_EXCEEDED, → RETRYABLE, so a misconfigured credential holds data back instead of
+    dropping it. A partial success is SUCCESS with the receiver's message as the reason.
+    ``export`` never raises and may run concurrently.
     """
 
     def __init__(self, *, config: OtlpExporterConfig) -> None:
         self._config = config
         self._channel: grpc.aio.Channel | None = None
         self._stub: metrics_service_pb2_grpc.MetricsServiceStub | None = None
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._verify_hint = ""
+        if config.tls:
+            try:
+                files = read_client_tls_files(config)
+            except FieldInvalid as exc:
+                raise ConfigError(f"export.{exc.field}: {exc}", key=exc.field) from None
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=files.ca_pem, private_key=files.key_pem,
+                certificate_chain=files.cert_pem)
+            self._verify_hint = _verify_hint(config)
 
     @property
     def name(self) -> str:
@@ -48,12 +67,13 @@ class OtlpExporter:
     def _client(self) -> metrics_service_pb2_grpc.MetricsServiceStub:
         if self._stub is None:
             cfg = self._config
-            if cfg.insecure:
+            if self._credentials is None:
                 self._channel = grpc.aio.insecure_channel(cfg.target)
             else:
-                creds = grpc.ssl_channel_credentials(_read(cfg.ca_file), _read(cfg.key_file),
-                                                     _read(cfg.cert_file))
-                self._channel = grpc.aio.secure_channel(cfg.target, creds)
+                options = [] if cfg.server_name is None else [
+                    ("grpc.ssl_target_name_override", cfg.server_name)]
+                self._channel = grpc.aio.secure_channel(cfg.target, self._credentials,
+                                                        options=options)
             self._stub = metrics_service_pb2_grpc.MetricsServiceStub(  # type: ignore[no-untyped-call]
                 self._channel)
         return self._stub
@@ -76,7 +96,10 @@ class OtlpExporter:
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             result = ExportResult.REJECTED if code in _REJECTED else ExportResult.RETRYABLE
-            return ExportOutcome(result, f"{code.name}: {exc.details()}"[:_REASON_CHARS])
+            reason = f"{code.name}: {exc.details()}"
+            if self._verify_hint and any(text in reason for text in _VERIFY_FAILED):
+                reason = reason[:_REASON_CHARS - len(self._verify_hint)] + self._verify_hint
+            return ExportOutcome(result, reason[:_REASON_CHARS])
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the contract: never raise into the worker
@@ -95,3 +118,20 @@ class OtlpExporter:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
+
+
+def _host(target: str) -> str:
+    """The host of a ``HOST:PORT`` target (an IPv6 address without its brackets)."""
+    return target.rsplit(":", 1)[0].strip("[]")
+
+
+def _verify_hint(config: OtlpExporterConfig) -> str:
+    """What the exporter checked the receiver's certificate against, for a failed check."""
+    if config.ca_file:
+        trusted = f"ca_file {config.ca_file}"
+    elif roots := os.environ.get(_ROOTS_ENV):
+        trusted = f"{_ROOTS_ENV} {roots}"
+    else:
+        trusted = "the CA roots bundled with grpcio"
+    name = config.server_name or _host(config.target)
+    return f" (checked against {trusted}, for the name {name})"

@@ -1,0 +1,254 @@
+"""OTLP/gRPC over TLS: queue → ExportWorker → OtlpExporter → a real ``grpc.aio`` MetricsService
+on 127.0.0.1 serving a certificate from the repository's local CA (and asking for client
+certificates when a test says so).
+
+A receiver the exporter cannot verify, or one that refuses it, holds the data back: the worker
+retries, logs gRPC's reason, and nothing leaves the queue until the configuration is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from phoenixcp.platform.export import (
+    ExportMetrics,
+    ExportResult,
+    ExportWorker,
+    ExportWorkerConfig,
+    OtlpExporter,
+    OtlpExporterConfig,
+)
+from phoenixcp.platform.queue import DurableQueue, QueueConfig
+from phoenixcp.platform.tls import LocalCA
+from tests.integration._export_support import numbered
+from tests.integration.test_export_otlp import Receiver, metrics_by_name
+
+pytestmark = pytest.mark.integration
+
+FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
+                          backoff_initial=timedelta(milliseconds=10),
+                          backoff_max=timedelta(milliseconds=100))
+HOUR = dt.timedelta(hours=1)
+#: What gRPC reports for every failed connection, TLS or not.
+NO_CONNECTION = "UNAVAILABLE: failed to connect to all addresses; last error: "
+
+
+class Pki:
+    """The local CA's bundle, the receiver's certificate (loopback names, or one DNS name
+    only), and a client certificate for the exporter."""
+
+    def __init__(self, directory: Path) -> None:
+        ca = LocalCA.open(directory / "ca")
+        self.ca_file, self.server_cert, self.server_key = (str(p) for p in ca.issue(
+            "collector", ttl=HOUR).write(directory, "server"))
+        _, self.named_cert, self.named_key = (str(p) for p in ca.issue(
+            "collector", ttl=HOUR, hosts=["collector.internal"]).write(directory, "named"))
+        _, self.client_cert, self.client_key = (str(p) for p in ca.issue(
+            "metrics-pipeline", ttl=HOUR).write(directory, "client"))
+
+    def server_credentials(self, *, mtls: bool, named: bool) -> grpc.ServerCredentials:
+        cert, key = ((self.named_cert, self.named_key) if named
+                     else (self.server_cert, self.server_key))
+        return grpc.ssl_server_credentials(
+            [(Path(key).read_bytes(), Path(cert).read_bytes())],
+            root_certificates=Path(self.ca_file).read_bytes() if mtls else None,
+            require_client_auth=mtls)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+ReceiverFactory = Callable[..., Awaitable[tuple[Receiver, str]]]
+
+
+@pytest.fixture
+async def tls_receiver(pki: Pki) -> AsyncIterator[ReceiverFactory]:
+    """Starts receivers on 127.0.0.1 (port 0): TLS unless ``plaintext``; returns the servicer
+    and the target. All are stopped when the test ends."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start(*, mtls: bool = False, named: bool = False,
+                    plaintext: bool = False) -> tuple[Receiver, str]:
+        server = grpc.aio.server()
+        servers.append(server)
+        servicer = Receiver()
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            servicer, server)
+        port = (server.add_insecure_port("127.0.0.1:0") if plaintext else
+                server.add_secure_port("127.0.0.1:0",
+                                       pki.server_credentials(mtls=mtls, named=named)))
+        await server.start()
+        return servicer, f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(0)
+
+
+@pytest.fixture(autouse=True)
+def grpc_default_roots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reasons below name grpcio's bundled roots, which this variable would replace."""
+    monkeypatch.delenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", raising=False)
+
+
+@contextlib.asynccontextmanager
+async def queue_at(directory: Path) -> AsyncIterator[DurableQueue]:
+    """The queue in ``directory``; opening it again is a restart (unacknowledged records are
+    handed out again)."""
+    async with DurableQueue(config=QueueConfig(directory=directory, name="otlp")) as q:
+        yield q
+
+
+@contextlib.asynccontextmanager
+async def running(queue: DurableQueue, registry: CollectorRegistry,
+                  config: OtlpExporterConfig) -> AsyncIterator[ExportWorker]:
+    """A worker on ``queue``, shut down (closing its channel) before the queue closes whatever
+    the test did: one left running on a closed queue would spin."""
+    w = ExportWorker(queue=queue, exporter=OtlpExporter(config=config), config=FAST,
+                     metrics=ExportMetrics(registry))
+    w.start()
+    try:
+        yield w
+    finally:
+        await w.shutdown(0.2)
+
+
+@contextlib.asynccontextmanager
+async def exporter_for(config: OtlpExporterConfig) -> AsyncIterator[OtlpExporter]:
+    exporter = OtlpExporter(config=config)
+    try:
+        yield exporter
+    finally:
+        await exporter.shutdown()
+
+
+def retryable(registry: CollectorRegistry) -> float:
+    return registry.get_sample_value("phoenix_export_requests_total",
+                                     {"exporter": "otlp", "result": "retryable"}) or 0
+
+
+def points(receiver: Receiver) -> list[float]:
+    return [p.as_double for r in receiver.requests for m in metrics_by_name(r).values()
+            for p in m.gauge.data_points]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not true within {timeout} s")
+
+
+async def test_with_ca_file_a_batch_is_delivered(pki: Pki, tls_receiver: ReceiverFactory,
+                                                 tmp_path: Path) -> None:
+    receiver, target = await tls_receiver()
+    config = OtlpExporterConfig(target=target, ca_file=pki.ca_file)
+    assert config.tls
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(), config) as w:
+        for b in range(4):
+            await queue.append(numbered(b), count=50)
+        assert await w.force_flush(10)
+        assert len(points(receiver)) == 200 and len(queue) == 0
+        assert await w.shutdown(5)
+
+
+async def test_without_the_ca_verification_fails_and_the_records_stay_queued(
+        pki: Pki, tls_receiver: ReceiverFactory, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    receiver, target = await tls_receiver()
+    registry = CollectorRegistry()
+    bundled_roots = OtlpExporterConfig(target=target, insecure=False)
+    async with queue_at(tmp_path) as queue, running(queue, registry, bundled_roots) as w:
+        for b in range(3):
+            await queue.append(numbered(b), count=50)
+        await until(lambda: retryable(registry) >= 3)
+        assert len(queue) == 3 and receiver.requests == []
+        assert (registry.get_sample_value("phoenix_export_samples_total",
+                                          {"exporter": "otlp", "outcome": "retried"})
+                or 0) > 0
+        assert not await w.shutdown(0.2)
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("export failed")]
+    reason: str = logged.fields["reason"]  # type: ignore[attr-defined]
+    assert reason.startswith(NO_CONNECTION + f"UNKNOWN: ipv4:{target}: Tls handshake failed")
+    assert "CERTIFICATE_VERIFY_FAILED: unable to get local issuer certificate" in reason
+    assert reason.endswith("(checked against the CA roots bundled with grpcio, for the name "
+                           "127.0.0.1)")
+
+    # The configuration fixed, the next start delivers everything that was queued.
+    fixed = OtlpExporterConfig(target=target, ca_file=pki.ca_file)
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(), fixed) as w:
+        assert await w.force_flush(10)
+        assert len(points(receiver)) == 150 and len(queue) == 0
+
+
+async def test_mtls_client_certificate(pki: Pki, tls_receiver: ReceiverFactory,
+                                       tmp_path: Path) -> None:
+    receiver, target = await tls_receiver(mtls=True)
+    with_cert = OtlpExporterConfig(target=target, ca_file=pki.ca_file,
+                                   cert_file=pki.client_cert, key_file=pki.client_key)
+    async with exporter_for(with_cert) as exporter:
+        outcome = await exporter.export(numbered(0), tenant="")
+        assert outcome.result is ExportResult.SUCCESS, outcome.reason
+    assert len(points(receiver)) == 50
+
+    without = OtlpExporterConfig(target=target, ca_file=pki.ca_file)
+    async with exporter_for(without) as exporter:
+        outcome = await exporter.export(numbered(1), tenant="")
+    # The receiver ends the handshake; gRPC sees only the socket closing (no hint appended:
+    # the receiver's certificate was fine).
+    assert outcome.result is ExportResult.RETRYABLE
+    assert outcome.reason == NO_CONNECTION + f"UNAVAILABLE: ipv4:{target}: Socket closed"
+
+    registry = CollectorRegistry()
+    async with queue_at(tmp_path) as queue, running(queue, registry, without) as w:
+        await queue.append(numbered(1), count=50)
+        await until(lambda: retryable(registry) >= 2)
+        assert len(receiver.requests) == 1 and len(queue) == 1  # refused: nothing got through
+        assert not await w.shutdown(0.2)
+
+    async with queue_at(tmp_path) as queue, running(queue, CollectorRegistry(),
+                                                    with_cert) as w:
+        assert await w.force_flush(10)
+        assert len(points(receiver)) == 100
+
+
+async def test_server_name_is_checked_instead_of_the_target_host(
+        pki: Pki, tls_receiver: ReceiverFactory) -> None:
+    receiver, target = await tls_receiver(named=True)  # a certificate for collector.internal
+    async with exporter_for(OtlpExporterConfig(target=target, ca_file=pki.ca_file)) as by_target:
+        outcome = await by_target.export(numbered(0), tenant="")
+    assert outcome.result is ExportResult.RETRYABLE
+    assert outcome.reason.startswith(NO_CONNECTION)
+    assert "Hostname Verification Check failed" in outcome.reason
+    assert outcome.reason.endswith(f"(checked against ca_file {pki.ca_file}, for the name "
+                                   "127.0.0.1)")
+
+    named = OtlpExporterConfig(target=target, ca_file=pki.ca_file,
+                               server_name="collector.internal")
+    async with exporter_for(named) as exporter:
+        outcome = await exporter.export(numbered(0), tenant="")
+        assert outcome.result is ExportResult.SUCCESS, outcome.reason
+    assert len(points(receiver)) == 50
+
+
+async def test_a_plaintext_exporter_is_refused_by_a_tls_receiver(
+        tls_receiver: ReceiverFactory) -> None:
+    receiver, target = await tls_receiver()
+    async with exporter_for(OtlpExporterConfig(target=target)) as exporter:
+        outcome = await exporter.export(numbered(0), tenant="")
+    assert outcome.result is ExportResult.RETRYABLE
+    assert outcome.reason == NO_CONNECTION + f"UNAVAILABLE: ipv4:{target}: Socket closed"
+    assert receiver.requests == []

@@ -1,0 +1,79 @@
+"""The OTLP/gRPC exporter's TLS options: when it uses TLS, and each bad input stopping the start
+with its own message, from ``OtlpExporterConfig`` and from the exporter (which reads the
+files). The file checks are remote-write's (client_tls), so the bad files
+and their messages are the ones test_export_tls_config.py lists.
+
+Certificates come from the repository's local CA; nothing connects.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from phoenixcp.errors import ConfigError
+from phoenixcp.platform.export import OtlpExporter, OtlpExporterConfig
+from tests.unit.test_export_tls_config import Files, bad_files
+
+pytestmark = pytest.mark.unit
+
+TARGET = "127.0.0.1:4317"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
+    return Files(tmp_path_factory.mktemp("tls-files"))
+
+
+@pytest.mark.parametrize(("options", "tls"), [
+    ({}, False),  # as before TLS options existed: existing configs stay plaintext
+    ({"insecure": True}, False),
+    ({"insecure": False}, True),  # TLS against grpcio's roots
+    ({"ca_file": "ca.pem"}, True),
+    ({"cert_file": "c.pem", "key_file": "c.key"}, True),
+    ({"server_name": "collector.internal"}, True),
+    ({"insecure": False, "ca_file": "ca.pem"}, True),
+])
+def test_tls_is_on_when_asked_for_or_when_a_tls_option_is_set(options: dict[str, object],
+                                                              tls: bool) -> None:
+    assert OtlpExporterConfig(target=TARGET, **options).tls is tls  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "key", "message"), [
+    ({"insecure": True, "ca_file": "ca.pem"}, "ca_file",
+     "export.ca_file: is a TLS option, but insecure is true (plaintext); drop insecure (TLS is "
+     "on when a TLS option is set) or drop the TLS options"),
+    ({"insecure": True, "cert_file": "c.pem", "key_file": "c.key"}, "cert_file",
+     "export.cert_file: is a TLS option, but insecure is true (plaintext)"),
+    ({"insecure": True, "server_name": "collector"}, "server_name",
+     "export.server_name: is a TLS option, but insecure is true"),
+    ({"cert_file": "c.pem"}, "key_file",
+     "export.key_file: is missing: cert_file needs its private key in key_file (set both or "
+     "neither)"),
+    ({"key_file": "c.key"}, "cert_file",
+     "export.cert_file: is missing: key_file needs its certificate in cert_file"),
+    ({"ca_file": ""}, "ca_file", "export.ca_file: is empty; leave it out"),
+    ({"server_name": " "}, "server_name", "export.server_name: is empty"),
+])
+def test_options_that_cannot_work_are_refused_by_the_config(
+        options: dict[str, object], key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        OtlpExporterConfig(target=TARGET, **options)  # type: ignore[arg-type]
+    assert caught.value.key == key
+    assert message in str(caught.value)
+
+
+def test_files_that_cannot_be_used_stop_the_exporter_at_construction(files: Files) -> None:
+    for options, key, message in bad_files(files):
+        # The config reads no file; the exporter does.
+        config = OtlpExporterConfig(target=TARGET, **options)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError) as caught:
+            OtlpExporter(config=config)
+        assert (caught.value.key, message in str(caught.value)) == (key, True), (
+            options, str(caught.value))
+
+
+async def test_good_files_make_an_exporter(files: Files) -> None:
+    exporter = OtlpExporter(config=OtlpExporterConfig(
+        target=TARGET, ca_file=files.ca, cert_file=files.cert, key_file=files.key,
+        server_name="collector.internal"))
+    await exporter.shutdown()
