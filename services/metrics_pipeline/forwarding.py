@@ -41,7 +41,9 @@ def _exporter(config: ExporterConfig) -> Exporter:
     if config.type == "otlp":
         return OtlpExporter(config=OtlpExporterConfig(
             target=config.endpoint, name=config.name, timeout=config.timeout,
-            tenant_header=config.tenant_header))
+            tenant_header=config.tenant_header, insecure=config.insecure,
+            ca_file=config.ca_file, cert_file=config.cert_file, key_file=config.key_file,
+            server_name=config.server_name))
     return RemoteWriteExporter(config=RemoteWriteConfig(
         url=config.endpoint, name=config.name, timeout=config.timeout,
         tenant_header=config.tenant_header, ca_file=config.ca_file,

@@ -16,10 +16,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from metrics_pipeline.forwarding import Forwarder
+from phoenixcp.core.batch import MetricBatch
+from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import (
     ExportMetrics,
     ExportResult,
@@ -252,3 +256,37 @@ async def test_a_plaintext_exporter_is_refused_by_a_tls_receiver(
     assert outcome.result is ExportResult.RETRYABLE
     assert outcome.reason == NO_CONNECTION + f"UNAVAILABLE: ipv4:{target}: Socket closed"
     assert receiver.requests == []
+
+
+async def test_the_config_file_path_reaches_an_mtls_receiver(
+        pki: Pki, tls_receiver: ReceiverFactory, tmp_path: Path) -> None:
+    secure, secure_target = await tls_receiver(mtls=True)
+    plain, plain_target = await tls_receiver(plaintext=True)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(f"""
+pipeline:
+  exporters:
+    - name: secure
+      type: otlp
+      endpoint: {secure_target}
+      flush_interval: 50ms
+      ca_file: {pki.ca_file}
+      cert_file: {pki.client_cert}
+      key_file: {pki.client_key}
+    - name: plain                 # no TLS key: plaintext, as before TLS keys existed
+      type: otlp
+      endpoint: {plain_target}
+      flush_interval: 50ms
+""")
+    config = load_service_config(path, "metrics-pipeline", environ={})
+    forwarder = Forwarder(config=config.pipeline, data_dir=tmp_path / "data",
+                          registry=CollectorRegistry())
+    await forwarder.start()
+    try:
+        await forwarder.accept(MetricBatch(tenant="acme", write_request=numbered(7),
+                                           series_keys=np.zeros(10, np.uint64),
+                                           sample_count=50, received_at=0))
+        await until(lambda: len(points(secure)) == 50 and len(points(plain)) == 50)
+    finally:
+        await forwarder.shutdown(grace=1.0)
+    assert sorted(points(secure)) == sorted(points(plain))

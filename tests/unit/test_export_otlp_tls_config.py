@@ -1,6 +1,6 @@
 """The OTLP/gRPC exporter's TLS options: when it uses TLS, and each bad input stopping the start
-with its own message, from ``OtlpExporterConfig`` and from the exporter (which reads the
-files). The file checks are remote-write's (client_tls), so the bad files
+with its own message, from ``OtlpExporterConfig``, from the exporter (which reads the files)
+and from the config file. The file checks are remote-write's (client_tls), so the bad files
 and their messages are the ones test_export_tls_config.py lists.
 
 Certificates come from the repository's local CA; nothing connects.
@@ -8,9 +8,12 @@ Certificates come from the repository's local CA; nothing connects.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import OtlpExporter, OtlpExporterConfig
 from tests.unit.test_export_tls_config import Files, bad_files
 
@@ -77,3 +80,83 @@ async def test_good_files_make_an_exporter(files: Files) -> None:
         target=TARGET, ca_file=files.ca, cert_file=files.cert, key_file=files.key,
         server_name="collector.internal"))
     await exporter.shutdown()
+
+
+# The config file: the same checks, the message naming the exporter's key.
+
+
+def write(tmp_path: Path, exporter: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("pipeline:\n  exporters:\n    - name: collector\n" + "".join(
+        f"      {line}\n" for line in exporter.strip().splitlines()))
+    return path
+
+
+def load_error(tmp_path: Path, exporter: str) -> ConfigError:
+    path = write(tmp_path, exporter)
+    with pytest.raises(ConfigError) as caught:
+        load_service_config(path, "metrics-pipeline", environ={})
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    return caught.value
+
+
+def test_the_config_file_reads_the_tls_keys(tmp_path: Path, files: Files) -> None:
+    path = write(tmp_path, f"""
+type: otlp
+endpoint: {TARGET}
+ca_file: {files.ca}
+cert_file: {files.cert}
+key_file: {files.key}
+server_name: collector.internal
+""")
+    (exporter,) = load_service_config(path, "metrics-pipeline", environ={}).pipeline.exporters
+    assert (exporter.insecure, exporter.ca_file, exporter.cert_file, exporter.key_file,
+            exporter.server_name) == (None, files.ca, files.cert, files.key,
+                                      "collector.internal")
+
+    path = write(tmp_path, f"type: otlp\nendpoint: {TARGET}")
+    (exporter,) = load_service_config(path, "metrics-pipeline", environ={}).pipeline.exporters
+    assert (exporter.insecure, exporter.ca_file) == (None, None)  # plaintext, as before
+
+    path = write(tmp_path, f"type: otlp\nendpoint: {TARGET}\ninsecure: false")
+    (exporter,) = load_service_config(path, "metrics-pipeline", environ={}).pipeline.exporters
+    assert exporter.insecure is False
+
+
+def test_the_config_file_names_the_exporter_key(tmp_path: Path, files: Files) -> None:
+    otlp = f"type: otlp\nendpoint: {TARGET}\n"
+    error = load_error(tmp_path, otlp + f"insecure: true\nca_file: {files.ca}")
+    assert error.key == "pipeline.exporters[0].ca_file"
+    assert ("pipeline.exporters[0].ca_file: is a TLS option, but insecure is true "
+            "(plaintext); drop insecure (TLS is on when a TLS option is set) or drop the TLS "
+            "options") in str(error)
+
+    error = load_error(tmp_path, otlp + f"cert_file: {files.cert}")
+    assert "pipeline.exporters[0].key_file: is missing" in str(error)
+
+    error = load_error(tmp_path, otlp + "insecure_skip_verify: true")
+    assert ("pipeline.exporters[0].insecure_skip_verify: is an option of type remote-write; "
+            "an otlp exporter always verifies the receiver's certificate: give its CA in "
+            "ca_file, or use insecure: true for plaintext") in str(error)
+
+    error = load_error(tmp_path, otlp + "insecure: maybe")
+    assert "pipeline.exporters[0].insecure: 'maybe' is not a boolean" in str(error)
+
+    error = load_error(tmp_path, "type: remote-write\n"
+                                 "endpoint: http://127.0.0.1:8428/api/v1/write\n"
+                                 "insecure: false")
+    assert ("pipeline.exporters[0].insecure: is an option of type otlp; a remote-write "
+            "exporter uses TLS when its endpoint is https://") in str(error)
+
+    error = load_error(tmp_path, "type: otlp\nendpoint: https://collector:4317")
+    assert ("pipeline.exporters[0].endpoint: 'https://collector:4317': give host:port for "
+            "otlp (TLS is on with ca_file or insecure: false, not by a scheme)") in str(error)
+
+
+def test_the_config_file_reads_the_files(tmp_path: Path, files: Files) -> None:
+    for options, key, message in bad_files(files):
+        error = load_error(tmp_path, f"type: otlp\nendpoint: {TARGET}\n" + "".join(
+            f"{name}: {value}\n" for name, value in options.items()))
+        assert error.key == f"pipeline.exporters[0].{key}", (options, str(error))
+        assert message.replace("export.", "pipeline.exporters[0].", 1) in str(error), (
+            options, str(error))

@@ -179,9 +179,10 @@ def test_the_config_file_names_the_exporter_key(tmp_path: Path, files: Files) ->
     error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\ncert_file: {files.cert}")
     assert "pipeline.exporters[0].key_file: is missing" in str(error)
 
-    error = load(tmp_path, "type: otlp\nendpoint: 127.0.0.1:4317\nca_file: ca.pem")
-    assert ("pipeline.exporters[0].ca_file: is an option of type remote-write; an otlp "
-            "exporter takes no TLS options from the config file") in str(error)
+    # otlp takes the files too (tests/unit/test_export_otlp_tls_config.py), read the same way.
+    error = load(tmp_path, f"type: otlp\nendpoint: 127.0.0.1:4317\nca_file: {files.missing}")
+    assert (f"pipeline.exporters[0].ca_file: '{files.missing}' cannot be read: No such file "
+            "or directory") in str(error)
 
     error = load(tmp_path, f"type: remote-write\nendpoint: {HTTPS}\n"
                            "insecure_skip_verify: maybe")

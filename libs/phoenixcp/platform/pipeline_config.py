@@ -28,15 +28,28 @@ Example::
           server_name: null              # name for SNI and the certificate check, when it is
                                          # not the endpoint's host (e.g. an IP endpoint)
           insecure_skip_verify: false    # check no certificate at all (logged; tests only)
+        - name: collector
+          type: otlp                     # OTLP/gRPC MetricsService/Export
+          endpoint: otel-collector.internal:4317   # host:port, no scheme
+          insecure: null                 # true: plaintext; false: TLS; null (the default):
+                                         # TLS when a TLS key below is set, else plaintext
+          ca_file: /etc/phoenix/collector-ca.pem   # as for remote-write; null: the CA roots
+                                         # bundled with grpcio (not the system's)
+          cert_file: null                # client certificate (PEM) for mTLS ...
+          key_file: null                 # ... and its unencrypted private key: both or neither
+          server_name: null              # name checked instead of the endpoint's host (gRPC's
+                                         # ssl_target_name_override; also sent as :authority)
+                                         # no insecure_skip_verify: gRPC always verifies
       static_policies:                   # applied to every tenant, besides etcd's policies
         - id: cap-everything
           cap: {max_series: 120000, scope: CAP_SCOPE_PER_TENANT}
       window_interval: 10s               # window reports to NATS phoenix.telemetry.pipeline.*
       merge_flush_interval: 15s          # caps, top-K and roll-ups emit merged series this often
 
-The TLS files are read when the config is loaded: a missing or unusable file (not PEM, a key
-that does not match the certificate, an encrypted key) stops the start with the key, the file
-and the reason.
+An ``otlp`` exporter refuses ``insecure: true`` together with a TLS key (it would silently
+send in plaintext). The TLS files are read when the config is loaded: a missing or unusable
+file (not PEM, a key that does not match the certificate, an encrypted key) stops the start
+with the key, the file and the reason.
 
 With no exporter, the pipeline accepts and counts what it receives and forwards nothing: say so
 loudly, it is only for trying Phoenix out (``phoenixctl up`` starts a counting sink instead).
@@ -49,7 +62,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from phoenixcp.platform.client_tls import check_client_tls, client_ssl_context, tls_options_set
+from phoenixcp.platform.client_tls import (
+    check_client_tls,
+    check_grpc_client_tls,
+    client_ssl_context,
+    read_client_tls_files,
+)
 from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = ["ExporterConfig", "PipelineConfig"]
@@ -74,6 +92,9 @@ class ExporterConfig:
     key_file: str | None = None
     server_name: str | None = None
     insecure_skip_verify: bool = False
+    insecure: bool | None = None
+    """otlp only: plaintext when true, TLS when false, unset: TLS when a TLS file or
+    ``server_name`` is set."""
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -82,18 +103,28 @@ class ExporterConfig:
             raise FieldInvalid("endpoint", f"{self.endpoint!r} is not an http(s):// URL, e.g. "
                                "http://127.0.0.1:8428/api/v1/write")
         if self.type == "otlp" and "://" in self.endpoint:
-            raise FieldInvalid("endpoint", f"{self.endpoint!r}: give host:port for otlp")
+            raise FieldInvalid("endpoint", f"{self.endpoint!r}: give host:port for otlp (TLS "
+                               "is on with ca_file or insecure: false, not by a scheme)")
         if not 1 <= self.concurrency <= 64:
             raise FieldInvalid("concurrency", f"{self.concurrency} is out of range; use 1 to 64")
         if not 1 <= self.max_batch_samples <= 1_000_000:
             raise FieldInvalid("max_batch_samples",
                                f"{self.max_batch_samples} is out of range; use 1 to 1000000")
-        if self.type == "otlp" and (given := tls_options_set(self)):
-            raise FieldInvalid(given[0], "is an option of type remote-write; an otlp exporter "
-                               "takes no TLS options from the config file")
-        if self.type == "remote-write":
+        # The TLS files are read here, so a bad one stops the start with its key.
+        if self.type == "otlp":
+            if self.insecure_skip_verify:
+                raise FieldInvalid("insecure_skip_verify", "is an option of type remote-write; "
+                                   "an otlp exporter always verifies the receiver's "
+                                   "certificate: give its CA in ca_file, or use insecure: true "
+                                   "for plaintext")
+            check_grpc_client_tls(self)
+            read_client_tls_files(self)
+        else:
+            if self.insecure is not None:
+                raise FieldInvalid("insecure", "is an option of type otlp; a remote-write "
+                                   "exporter uses TLS when its endpoint is https://")
             check_client_tls(self, url=self.endpoint)
-            client_ssl_context(self)  # reads the files: a bad one stops the start, here
+            client_ssl_context(self)
 
 
 @dataclass(frozen=True, kw_only=True)
