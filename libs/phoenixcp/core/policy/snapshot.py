@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import cast
 
@@ -36,12 +36,14 @@ from phoenixcp.core.policy.window import MetricSnapshot, PointTally, PolicyTally
 __all__ = ["SeriesMemo", "SnapshotBuilder"]
 
 _Labels = Sequence[LabelSet | None] | npt.NDArray[np.object_]
+_Outputs = tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
 """Label sets aligned with keys: a list, or an object array taken from the index."""
 
 _DROPPED = np.uint64(1)
 _SAME = np.uint64(0)
 _UNKNOWN = np.uint64(2**64 - 1)
 _FLUSH_MS = 15_000
+_LEARN_CHUNK = 8192
 
 
 class SnapshotBuilder:
@@ -102,18 +104,8 @@ class SnapshotBuilder:
         overflowed_n = per_metric(overflow_mask)
         merged_n = per_metric(merged & ~overflow_mask)
 
-        outputs: dict[str, npt.NDArray[np.uint64]] = {}
-        passing: dict[str, npt.NDArray[np.bool_]] = {}
-        active_out = np.where(merged, group[route_ids] if len(routes) else keys, keys)
-        outputs[self._active] = active_out
-        passing[self._active] = known & ~merged & ~dropped
-        live = {self._active: known & ~dropped}
-        for profile, (plan, column) in self._shadows.items():
-            codes = self._shadow_codes(plan, column, keys, rows, memo)
-            outputs[profile] = np.where(codes == _SAME, keys, codes)
-            passing[profile] = known & (codes == _SAME)
-            live[profile] = known & (codes != _DROPPED) & (codes != _UNKNOWN)
-
+        active = (np.where(merged, group[route_ids] if len(routes) else keys, keys),
+                  known & ~dropped, known & ~merged & ~dropped)
         tallies = self._tallies(mids, route_ids, points, routes, known)
         flushes = max(1, window_ms // _FLUSH_MS)
         if not known.all():  # series with no labels are left out (metric runs in order)
@@ -127,39 +119,57 @@ class SnapshotBuilder:
             priority_m = priority_of[route_ids[order]]
         else:
             priority_m = np.full(len(order), PriorityClass.MEDIUM, dtype=np.int8)
-        per_profile = {p: (outputs[p][order], live[p][order], passing[p][order])
-                       for p in outputs}
-        out = []
-        for m, name in enumerate(names):
-            lo, hi = bounds[m], bounds[m + 1]
-            if lo == hi:
-                continue
-            metric_keys = keys_m[lo:hi]
-            profile_keys = {}
-            profile_points = {}
-            for profile, (keys_out, lives, passes) in per_profile.items():
+        runs = [(m, bounds[m], bounds[m + 1]) for m in range(n_metrics)
+                if bounds[m] < bounds[m + 1]]
+        profile_keys: list[dict[str, npt.NDArray[np.uint64]]] = [{} for _ in runs]
+        profile_points: list[dict[str, int]] = [{} for _ in runs]
+        # One profile at a time: its arrays are freed before the next one's are made.
+        for profile, outputs, live, passing in self._profiles(active, keys, rows, known):
+            keys_out, lives, passes = outputs[order], live[order], passing[order]
+            for j, (_, lo, hi) in enumerate(runs):
                 live_out, pass_out = lives[lo:hi], passes[lo:hi]
-                # Series that pass keep their own key: ascending and distinct already.
-                distinct = (metric_keys[live_out] if (pass_out | ~live_out).all()
-                            else np.unique(keys_out[lo:hi][live_out]))
-                profile_keys[profile] = distinct
+                # Series that pass keep their own key: ascending and distinct already; when
+                # all pass, the metric's keys are shared (a view), not copied per profile.
+                if pass_out.all():
+                    distinct = keys_m[lo:hi]
+                elif (pass_out | ~live_out).all():
+                    distinct = keys_m[lo:hi][live_out]
+                else:
+                    distinct = np.unique(keys_out[lo:hi][live_out])
+                profile_keys[j][profile] = distinct
                 n_through = int(np.count_nonzero(pass_out))
                 n_groups = len(distinct) - n_through
-                profile_points[profile] = (int(points_m[lo:hi][pass_out].sum())
-                                           + flushes * max(0, n_groups))
+                profile_points[j][profile] = (int(points_m[lo:hi][pass_out].sum())
+                                              + flushes * max(0, n_groups))
+        out = []
+        for j, (m, lo, hi) in enumerate(runs):
+            name = names[m]
+            metric_keys = keys_m[lo:hi]
             top = slice(lo, min(hi, lo + self._k))
             out.append(MetricSnapshot(
                 name=name, kind=self._kind(name),
                 series=self._sample(metric_keys[: self._k], points_m[top], priority_m[top],
                                     memo.labels(rows_m[top])),
-                outputs=profile_keys,
+                outputs=profile_keys[j],
                 counts=PointTally(received=received[m], accepted=received[m],
                                   dropped=dropped_n[m], merged=merged_n[m],
                                   overflowed=overflowed_n[m]),
-                policies=tuple(tallies.get(m, ())), output_points=profile_points,
+                policies=tuple(tallies.get(m, ())), output_points=profile_points[j],
                 input_keys=metric_keys,
                 label_pairs=memo.label_pairs(name, metric_keys, rows_m[lo:hi])))
         return tuple(out)
+
+    def _profiles(self, active: _Outputs, keys: npt.NDArray[np.uint64],
+                  rows: npt.NDArray[np.intp], known: npt.NDArray[np.bool_]
+                  ) -> Iterator[tuple[str, npt.NDArray[np.uint64], npt.NDArray[np.bool_],
+                                      npt.NDArray[np.bool_]]]:
+        """Per profile, the active one first: each series' output key, whether it is live
+        (not dropped, routed) and whether it passes unchanged, made when asked for."""
+        yield self._active, *active
+        for profile, (plan, column) in self._shadows.items():
+            codes = self._shadow_codes(plan, column, keys, rows, self._memo)
+            yield (profile, np.where(codes == _SAME, keys, codes),
+                   known & (codes != _DROPPED) & (codes != _UNKNOWN), known & (codes == _SAME))
 
     def _sample(self, keys: npt.NDArray[np.uint64], points: npt.NDArray[np.int64],
                 priorities: npt.NDArray[np.int8],
@@ -282,7 +292,9 @@ class SeriesMemo:
         hit = self._held[slots] & (self._keys[slots] == keys)
         if not hit.all():
             miss = np.flatnonzero(~hit)
-            self._learn(slots[miss], keys[miss], [labels[i] for i in miss.tolist()])
+            self._learn(slots[miss], keys[miss],
+                        labels[miss] if isinstance(labels, np.ndarray)
+                        else [labels[i] for i in miss.tolist()])
             hit = self._held[slots] & (self._keys[slots] == keys)
         return np.where(hit, slots, -1)
 
@@ -349,45 +361,54 @@ class SeriesMemo:
             [self._pairs, np.full((extra, self._pairs.shape[1]), -1, dtype=np.int32)])
 
     def _learn(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64],
-               labels: Sequence[LabelSet | None]) -> None:
+               labels: _Labels) -> None:
         """Hold at ``slots`` the ``keys`` with their ``labels`` (and nothing at the slots of
-        those whose labels are None)."""
+        those whose labels are None). In chunks: the Python lists one chunk takes are what
+        the first window after a start (every series new) would otherwise hold all at once,
+        ~300 bytes per series."""
         self._held[slots] = False
-        at: list[int] = []
-        held: list[int] = []
-        held_labels: list[LabelSet] = []
+        for start in range(0, len(slots), _LEARN_CHUNK):
+            end = start + _LEARN_CHUNK
+            self._learn_chunk(slots[start:end], keys[start:end], labels[start:end])
+        if len(self._pair_list) > self._prune_at:
+            self._prune_pairs()
+
+    def _learn_chunk(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64],
+                     labels: _Labels) -> None:
+        have: list[bool] = []
+        lengths: list[int] = []
         metrics: list[int] = []
         flat: list[int] = []
         name_ids, pair_ids = self._name_ids, self._pair_ids
-        for slot, key, lb in zip(slots.tolist(), keys.tolist(), labels, strict=True):
+        for lb in labels:
+            have.append(lb is not None)
             if lb is None:
                 continue
-            at.append(slot)
-            held.append(key)
-            held_labels.append(lb)
+            lengths.append(len(lb))
             name = lb[0][1] if lb else ""
             metric = name_ids.get(name)
             metrics.append(self._name_id(name) if metric is None else metric)
             for pair in lb:
                 pid = pair_ids.get(pair)
                 flat.append(self._pair_id(pair) if pid is None else pid)
-        if not at:
+        if not lengths:
             return
-        lengths = np.fromiter(map(len, held_labels), dtype=np.intp, count=len(held_labels))
-        width = int(lengths.max())
+        held = np.asarray(have, dtype=bool)
+        where = slots[held]
+        width = max(lengths)
         if width > self._pairs.shape[1]:
             self._pairs = np.pad(self._pairs, ((0, 0), (0, width - self._pairs.shape[1])),
                                  constant_values=-1)
-        rows = np.full((len(held_labels), self._pairs.shape[1]), -1, dtype=np.int32)
-        rows[np.arange(rows.shape[1]) < lengths[:, None]] = flat  # row-major: each row's pairs
-        where = np.asarray(at, dtype=np.intp)
+        rows = np.full((len(lengths), self._pairs.shape[1]), -1, dtype=np.int32)
+        fill = np.arange(rows.shape[1]) < np.asarray(lengths)[:, None]
+        rows[fill] = np.asarray(flat, dtype=np.int32)  # row-major: each row's pairs in turn
         self._pairs[where] = rows
-        self._keys[where] = np.asarray(held, dtype=np.uint64)
+        self._keys[where] = keys[held]
         self._metric[where] = metrics
-        self._labels[where] = np.fromiter(held_labels, dtype=object, count=len(held_labels))
+        self._labels[where] = (labels[held] if isinstance(labels, np.ndarray)
+                               else np.fromiter((lb for lb in labels if lb is not None),
+                                                dtype=object, count=len(lengths)))
         self._held[where] = True
-        if len(self._pair_list) > self._prune_at:
-            self._prune_pairs()
 
     def _pair_ids_in(self, pairs: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
         """The distinct pair ids in ``pairs`` (-1 is no pair), ascending: a scatter into
