@@ -1,8 +1,8 @@
 """``python -m cardinality_guard --config FILE`` runs one replica of cardinality-guard."""
 
-from phoenixcp.platform.lean_imports import keep_out_unused
+from phoenixcp.platform.process_setup import prepare_service_process
 
-keep_out_unused()  # before any other import: see lean_imports
+prepare_service_process()  # before any other import: see process_setup
 
 from phoenixcp.platform.runner import main  # noqa: E402
 
