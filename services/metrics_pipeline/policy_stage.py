@@ -49,6 +49,11 @@ class _StageMetrics:
         self.plan_changes = Gauge(
             "phoenix_policy_plan_changes", "How many times this replica switched policy sets.",
             registry=registry)
+        self.series = Gauge(
+            "phoenix_pipeline_series",
+            "Series this replica keeps state for, per tenant (those that sent points in the "
+            "last 6 windows); the pipeline's memory grows with it (runbook "
+            "pipeline-memory-high).", ["tenant"], registry=registry)
         self.applied_at = Gauge(
             "phoenix_policy_applied_timestamp_seconds",
             "Unix time at which this replica last applied new policy state.",
@@ -105,6 +110,8 @@ class PolicyStage:
         jobs = self.engine.window_jobs(replica_count=replica_count)
         if self.feeds is not None:
             self.feeds.end_windows()
+        for tenant, held in self.engine.series_held().items():
+            self._metrics.series.labels(tenant).set(held)
         snapshots = await asyncio.to_thread(lambda: [job() for job in jobs])
         for snap in snapshots:
             for metric in snap.metrics:

@@ -272,3 +272,19 @@ def test_policies_refused_in_etcd_are_reported_in_the_tenants_window() -> None:
     clock.ms += 10_000
     (snap,) = engine.close_window()
     assert [name for _, name, _ in snap.rejected_policies] == ["bad-cap", "broken-profile"]
+
+
+def test_series_held_counts_each_series_once_and_forgets_silent_ones() -> None:
+    """What phoenix_pipeline_series shows: distinct series per tenant, repeats counted once,
+    series silent for 6 windows forgotten (the pipeline's memory follows this number)."""
+    engine = engine_with()
+    for ts in (1, 2):  # the same 40 series twice, and 5 of another tenant
+        engine.process(batch([req(u, float(ts)) for u in range(40)], ts))
+    engine.process(batch([req(u, 1.0) for u in range(5)], 1, tenant="other"))
+    assert engine.series_held() == {"acme": 40, "other": 5}
+    for _ in range(6):  # the window they sent in closes, then five silent ones
+        [job() for job in engine.window_jobs()]
+        engine.process(batch([req(0, 9.0)], 3))  # one acme series keeps sending
+    assert engine.series_held() == {"acme": 40, "other": 5}
+    [job() for job in engine.window_jobs()]  # the sixth silent window
+    assert engine.series_held() == {"acme": 1, "other": 0}

@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Gauge, Info
+from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector
 
 from phoenixcp import __version__
 from phoenixcp.api.phoenix.v1 import events_pb2, replica_pb2_grpc
@@ -134,6 +134,9 @@ class ServiceApp:
         self.config = config
         self.identity = service_identity(config.service)
         self.registry = registry or CollectorRegistry()
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds...:
+        # what a memory or CPU budget is checked against (ADR 0012).
+        ProcessCollector(registry=self.registry)
         self._bindings = tuple(bindings)
         self._components = tuple(components)
         self._started: list[Component] = []

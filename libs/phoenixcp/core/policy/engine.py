@@ -641,6 +641,11 @@ class PolicyEngine:
     def tenants(self) -> list[str]:
         return sorted(self._tenants)
 
+    def series_held(self) -> dict[str, int]:
+        """Per tenant, the series this engine keeps state for (seen in the last windows):
+        what its memory grows with."""
+        return {name: len(tenant.index) for name, tenant in self._tenants.items()}
+
     def _take(self, tenant: _Tenant, now_ms: int, replica_count: int
               ) -> Callable[[], TenantSnapshot]:
         window = tenant.window
