@@ -11,8 +11,9 @@ import pytest
 from datasketches import HLL_4, hll_sketch, hll_union  # type: ignore[import-untyped]
 
 from phoenixcp.core.batch import LabelSet
+from phoenixcp.core.policy.memo import SeriesMemo
 from phoenixcp.core.policy.model import MetricKind, PriorityClass
-from phoenixcp.core.policy.snapshot import SeriesMemo, SnapshotBuilder
+from phoenixcp.core.policy.snapshot import SnapshotBuilder
 from phoenixcp.core.policy.window import MetricSnapshot, PointTally, TenantSnapshot
 from phoenixcp.core.series import series_key
 from phoenixcp.core.sketches import hll_estimate, hll_of_keys, hll_of_strings

@@ -36,10 +36,11 @@ import numpy.typing as npt
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
 from phoenixcp.core.policy.index import SeriesIndex
+from phoenixcp.core.policy.memo import SeriesMemo
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
 from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
 from phoenixcp.core.policy.routes import RouteTable
-from phoenixcp.core.policy.snapshot import SeriesMemo, SnapshotBuilder
+from phoenixcp.core.policy.snapshot import SnapshotBuilder
 from phoenixcp.core.policy.window import PointTally, TenantSnapshot
 from phoenixcp.core.series import METRIC_NAME_LABEL
 
@@ -155,8 +156,8 @@ class _Tenant:
     index: SeriesIndex = field(default_factory=SeriesIndex)
     table: RouteTable = field(default_factory=RouteTable)
     memo: SeriesMemo = field(default_factory=SeriesMemo)
+    """What window closes keep of the series, by index slot (memo.py)."""
     resolved: _Resolved = field(default_factory=_Resolved)
-    """What window closes keep of the series, by index slot (snapshot.py)."""
     kinds: dict[str, MetricType] = field(default_factory=dict)
     shadows: dict[str, Plan] = field(default_factory=dict)
     """Every other profile's plan, routed for shadow accounting only (never exported)."""
