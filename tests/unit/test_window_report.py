@@ -19,14 +19,13 @@ from phoenixcp.platform.telemetry import (
     quantile_sketch_from_proto,
     quantile_sketch_to_proto,
 )
-from phoenixcp.platform.telemetry.window_report import (
+from phoenixcp.platform.telemetry._report_wire import (
     _SERIES_TAG,
-    ReportCache,
     _field,
     _series_prefix,
     _series_tails,
-    encode_reports,
 )
+from phoenixcp.platform.telemetry.window_report import ReportCache, encode_reports
 from tests.unit._window_support import PROFILES, START_MS, metric_snapshot, tenant_snapshot
 
 pytestmark = pytest.mark.unit

@@ -9,18 +9,15 @@ DDSketch and refused policies.
 
 Each metric is encoded once, to bytes, and each part parsed once from the bytes of its
 metrics: the sampled series (256 per metric, most of a report's bytes) are written straight
-in the protobuf wire format, from the sample's columns (:func:`_series_prefix`,
-:func:`_series_tails`; the tests check them byte for byte against the generated code)
-rather than built as messages. A :class:`ReportCache` carries what the next window of the
-same tenant can reuse: the sketches of key sets and label values that did not change and the
-encoded labels of sampled series.
+in the protobuf wire format, from the sample's columns (by :mod:`._report_wire`, which the
+tests check byte for byte against the generated code) rather than built as messages. A
+:class:`ReportCache` carries what the next window of the same tenant can reuse: the sketches
+of key sets and label values that did not change and the encoded labels of sampled series.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,10 +25,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import Message
 
 from phoenixcp.api.phoenix.v1 import common_pb2, state_pb2, telemetry_pb2
-from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.policy.window import (
     MetricSnapshot,
     PointTally,
@@ -49,6 +44,18 @@ from phoenixcp.core.sketches import (
     hll_of_keys,
     hll_of_strings,
     quantile_sketch,
+)
+from phoenixcp.platform.telemetry._report_wire import (
+    _LABELS_TAG,
+    _METRICS_TAG,
+    _PART_COUNT_TAG,
+    _PART_TAG,
+    _SAMPLE_TAG,
+    _SERIES_TAG,
+    _field,
+    _series_prefix,
+    _series_tails,
+    _varint,
 )
 from phoenixcp.platform.telemetry.codec import quantile_sketch_to_proto
 
@@ -190,95 +197,6 @@ def _pack(pieces: Iterable[_MetricPiece], *, first: int, base: int,
         groups[-1].append(piece)
         used += size
     return groups
-
-
-def _varint(value: int) -> bytes:
-    """A protobuf varint (negative values as 64-bit two's complement, as int32/enum)."""
-    if 0 <= value < 0x80:
-        return bytes((value,))
-    if 0 <= value < 0x4000:
-        return bytes((value & 0x7F | 0x80, value >> 7))
-    value &= 0xFFFF_FFFF_FFFF_FFFF
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(message: type[Message], name: str, wire_type: int) -> bytes:
-    return _varint(message.DESCRIPTOR.fields_by_name[name].number << 3 | wire_type)
-
-
-_LEN, _FIXED64, _VARINT = 2, 1, 0
-_METRICS_TAG: Final = _tag(telemetry_pb2.WindowReport, "metrics", _LEN)
-_PART_TAG: Final = _tag(telemetry_pb2.WindowReport, "part", _VARINT)
-_PART_COUNT_TAG: Final = _tag(telemetry_pb2.WindowReport, "part_count", _VARINT)
-_LABELS_TAG: Final = _tag(telemetry_pb2.MetricWindow, "labels", _LEN)
-_SAMPLE_TAG: Final = _tag(telemetry_pb2.MetricWindow, "sample", _LEN)
-_SERIES_TAG: Final = _tag(telemetry_pb2.SeriesSample, "series", _LEN)
-_HASH_TAG: Final = _tag(telemetry_pb2.SampledSeries, "series_hash", _FIXED64)
-_LABEL_TAG: Final = _tag(telemetry_pb2.SampledSeries, "labels", _LEN)
-_POINTS_TAG: Final = _tag(telemetry_pb2.SampledSeries, "points", _VARINT)
-_VALUE_TAG: Final = _tag(telemetry_pb2.SampledSeries, "last_value", _FIXED64)
-_PRIORITY_TAG: Final = _tag(telemetry_pb2.SampledSeries, "priority_class", _VARINT)
-_LABEL_NAME_TAG: Final = _tag(common_pb2.Label, "name", _LEN)
-_LABEL_VALUE_TAG: Final = _tag(common_pb2.Label, "value", _LEN)
-_U64 = struct.Struct("<Q").pack
-_F64 = struct.Struct("<d").pack
-# The tail of a SampledSeries (points, last_value, priority_class), every field present and
-# both varints one byte: tag, points, tag, 8 value bytes, tag, priority.
-_TAIL_LAYOUT: Final = (slice(0, 2), slice(2, 11), slice(11, 13))
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return b"".join((tag, _varint(len(payload)), payload))
-
-
-def _string(tag: bytes, text: str) -> bytes:
-    return _field(tag, text.encode()) if text else b""  # proto3 leaves out ""
-
-
-def _series_prefix(key: int, labels: LabelSet) -> bytes:
-    """The ``series_hash`` and ``labels`` fields of a ``SampledSeries``: all labels but
-    ``__name__``, sorted by name."""
-    return (_HASH_TAG + _U64(key) if key else b"") + b"".join(
-        _field(_LABEL_TAG, _string(_LABEL_NAME_TAG, name) + _string(_LABEL_VALUE_TAG, value))
-        for name, value in sorted(labels) if name != METRIC_NAME_LABEL)
-
-
-def _series_tail(points: int, value: float, priority: int) -> bytes:
-    """The ``points``, ``last_value`` and ``priority_class`` fields of a ``SampledSeries``,
-    as the generated code writes them: zeros left out, but -0.0 kept."""
-    return b"".join((
-        _POINTS_TAG + _varint(points) if points else b"",
-        _VALUE_TAG + _F64(value) if value or math.copysign(1.0, value) < 0 else b"",
-        _PRIORITY_TAG + _varint(priority) if priority else b"",
-    ))
-
-
-def _series_tails(columns: SeriesColumns) -> list[bytes]:
-    """:func:`_series_tail` of every series, on arrays when each varint is one byte."""
-    points, values, priorities = columns.points, columns.last_values, columns.priorities
-    n = len(points)
-    if not n or int(points.min()) < 0 or int(points.max()) >= 0x80 or int(
-            priorities.min()) < 0 or int(priorities.max()) >= 0x80:
-        return [_series_tail(p, v, c) for p, v, c in zip(
-            points.tolist(), values.tolist(), priorities.tolist(), strict=True)]
-    tails = np.empty((n, 13), dtype=np.uint8)
-    tails[:, 0], tails[:, 1] = _POINTS_TAG[0], points
-    tails[:, 2] = _VALUE_TAG[0]
-    tails[:, 3:11] = np.ascontiguousarray(values, dtype="<f8").view(np.uint8).reshape(n, 8)
-    tails[:, 11], tails[:, 12] = _PRIORITY_TAG[0], priorities
-    present = np.empty((n, 13), dtype=bool)
-    for part, kept in zip(_TAIL_LAYOUT, (points != 0, (values != 0) | np.signbit(values),
-                                         priorities != 0), strict=True):
-        present[:, part] = kept[:, None]
-    flat = tails[present].tobytes()
-    ends = np.cumsum(present.sum(axis=1)).tolist()
-    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 @dataclass(slots=True)
