@@ -115,8 +115,8 @@ class ExportWorkerConfig:
     #: Retry backoff: exponential from ``backoff_initial`` up to ``backoff_max``, plus jitter.
     backoff_initial: timedelta = timedelta(milliseconds=100)
     backoff_max: timedelta = timedelta(seconds=30)
-    #: Queue records are snappy-compressed WriteRequests: a batch of one record is sent as it is
-    #: (no recompression); several are decompressed, joined and compressed once.
+    #: Queue records are snappy-compressed WriteRequests: a batch is the records' snappy blocks
+    #: joined (``snappy_blocks``), never decompressed and compressed again.
     snappy_payloads: bool = False
 
     def __post_init__(self) -> None:

@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-import cramjam
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -22,6 +21,7 @@ from tenacity import (
 from phoenixcp.platform.export.config import ExportWorkerConfig
 from phoenixcp.platform.export.metrics import ExportMetrics
 from phoenixcp.platform.export.result import Exporter, ExportOutcome, ExportResult
+from phoenixcp.platform.export.snappy_blocks import join_blocks
 from phoenixcp.platform.queue import DurableQueue, Entry
 
 __all__ = ["ExportWorker"]
@@ -182,11 +182,11 @@ class ExportWorker:
                 gauge.dec()
 
     async def _deliver(self, entries: list[Entry], tenant: str) -> None:
-        snappy = self._config.snappy_payloads and len(entries) == 1
-        if snappy or not self._config.snappy_payloads:
-            body = b"".join(e.payload for e in entries)
+        snappy = self._config.snappy_payloads
+        if snappy:  # the records' blocks joined: not decompressed and compressed again
+            body = join_blocks([e.payload for e in entries])
         else:
-            body = b"".join(bytes(cramjam.snappy.decompress_raw(e.payload)) for e in entries)
+            body = b"".join(e.payload for e in entries)
         samples = sum(e.count for e in entries)
         outcome = ExportOutcome(ExportResult.RETRYABLE)
         retrying = AsyncRetrying(
