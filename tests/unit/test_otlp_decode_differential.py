@@ -1,0 +1,110 @@
+"""decode_otlp against the implementation it replaced (tests/unit/_otlp_oracle.py) on random
+requests: the same WriteRequest bytes and the same partial success, or the same exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
+
+from phoenixcp.platform.ingest.otlp import decode_otlp
+from tests.unit import _otlp_corpus as corpus
+from tests.unit import _otlp_oracle as oracle
+
+pytestmark = pytest.mark.unit
+
+# Few distinct keys and values, so that label sets, series and collisions repeat.
+KEYS = st.sampled_from(["a", "a.b", "a-b", "a_b", "1st", "__x", "", "job", "instance", "le",
+                        "quantile", "Zeta", "ключ", "k"])
+TEXT = st.sampled_from(["", "x", "y", "GET", "значение", "a;b"])
+VALUES = st.one_of(TEXT, st.booleans(), st.integers(-3, 3),
+                   st.sampled_from([0.0, -0.0, 0.5, 1e20, float("nan")]),
+                   st.sampled_from([b"", b"\x01"]), st.lists(TEXT, max_size=2),
+                   st.dictionaries(st.sampled_from(["p", "q"]), TEXT, max_size=2),
+                   st.none())
+ATTRS = st.lists(st.tuples(KEYS, VALUES), max_size=4)
+NAMES = st.sampled_from(["m", "m.x", "m_x", "9m", "...", "", "req.total", "d"])
+UNITS = st.sampled_from(["", "1", "s", "By/s", "{r}"])
+NUMBERS = st.one_of(st.integers(-(2**63), 2**63 - 1),
+                    st.sampled_from([0.0, -0.0, 1.5, -2.0, float("nan"), float("inf")]))
+TS = st.sampled_from([0, 999_999, corpus.T_NS, corpus.T_NS + 15_000_000_000, 2**64 - 1])
+FLAGS = st.sampled_from([0, 0, 1, 2, 3])
+TEMPORALITY = st.sampled_from([corpus.CUMULATIVE, corpus.CUMULATIVE, corpus.DELTA, 0])
+BOUNDS = st.sampled_from([[], [1.0], [0.5, 1.0, 2.5], [-0.0, 1.0], [0.0, 1.0], [2.0, 1.0],
+                          [1e-7, 0.1 + 0.2, 1e21]])
+
+
+@st.composite
+def metrics(draw: st.DrawFn) -> Metric:
+    m = Metric(name=draw(NAMES), unit=draw(UNITS), description=draw(TEXT))
+    kind = draw(st.sampled_from(["gauge", "sum", "histogram", "summary", "exp", "none"]))
+    for _ in range(draw(st.integers(0, 3))):
+        attrs = corpus.kvs(draw(ATTRS))
+        ts, flags = draw(TS), draw(FLAGS)
+        if kind in ("gauge", "sum"):
+            data: Any = m.gauge if kind == "gauge" else m.sum
+            p = data.data_points.add(time_unix_nano=ts, flags=flags, attributes=attrs)
+            value = draw(NUMBERS)
+            if isinstance(value, int):
+                p.as_int = value
+            else:
+                p.as_double = value
+        elif kind == "histogram":
+            bounds = draw(BOUNDS)
+            n = draw(st.sampled_from([len(bounds) + 1, len(bounds) + 1, 0, len(bounds)]))
+            counts = draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n))
+            p = m.histogram.data_points.add(time_unix_nano=ts, flags=flags, attributes=attrs,
+                                            explicit_bounds=bounds, bucket_counts=counts,
+                                            count=draw(st.integers(0, 2**40)))
+            if draw(st.booleans()):
+                p.sum = draw(st.sampled_from([0.0, 2.5, float("nan")]))
+        elif kind == "summary":
+            p = m.summary.data_points.add(time_unix_nano=ts, flags=flags, attributes=attrs,
+                                          count=draw(st.integers(0, 9)),
+                                          sum=draw(st.sampled_from([0.0, 1.5])))
+            for q in draw(st.lists(st.sampled_from([0.0, 0.5, 0.99, 1.0]), max_size=3)):
+                p.quantile_values.add(quantile=q, value=draw(NUMBERS.filter(
+                    lambda v: isinstance(v, float))))
+        elif kind == "exp":
+            m.exponential_histogram.data_points.add(count=1, time_unix_nano=ts)
+    if kind == "sum":
+        m.sum.is_monotonic = draw(st.booleans())
+        m.sum.aggregation_temporality = draw(TEMPORALITY)  # type: ignore[assignment]
+    elif kind == "histogram":
+        m.histogram.aggregation_temporality = draw(TEMPORALITY)  # type: ignore[assignment]
+    elif kind == "exp":
+        m.exponential_histogram.aggregation_temporality = corpus.CUMULATIVE
+    return m
+
+
+RESOURCES = st.lists(st.tuples(st.sampled_from(["service.name", "service.namespace",
+                                                 "service.instance.id", "host"]),
+                               st.one_of(TEXT, st.integers(0, 2))), max_size=3)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
+    req = ExportMetricsServiceRequest()
+    for _ in range(draw(st.integers(0, 3))):
+        rm = req.resource_metrics.add()
+        rm.resource.attributes.extend(corpus.kvs(draw(RESOURCES)))
+        for _ in range(draw(st.integers(0, 2))):
+            rm.scope_metrics.add(metrics=draw(st.lists(metrics(), max_size=4)))
+    return req
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_same_output_as_the_replaced_implementation(req: ExportMetricsServiceRequest) -> None:
+    assert corpus.outcome(decode_otlp, req) == corpus.outcome(oracle.decode_otlp, req)
+
+
+def test_edge_corpus_matches_the_replaced_implementation() -> None:
+    for name, req in corpus.edge_requests().items():
+        assert corpus.outcome(decode_otlp, req) == corpus.outcome(oracle.decode_otlp, req), name

@@ -1,0 +1,75 @@
+"""decode_otlp's output, byte for byte, against a golden file made before its rewrite.
+
+tests/unit/data/otlp_decode_golden.json holds, per request of the corpus (tests/unit/
+_otlp_corpus.py: the benchmark's first round and hand-written edge cases), the WriteRequest
+bytes' SHA-256 (and hex when small), sample and series counts, and the partial success. It
+was written by the implementation before commit "otlp decode: ..." (the per-point Python
+loop over upb messages); regenerate it only when the output is meant to change:
+
+    .venv/bin/python -m tests.unit.test_otlp_decode_golden --write
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+
+from phoenixcp.errors import InvalidArgument
+from phoenixcp.platform.ingest.otlp import decode_otlp
+from phoenixcp.platform.ingest.otlp_http import decode_otlp_http
+from tests.unit import _otlp_corpus as otlp_corpus
+
+pytestmark = pytest.mark.unit
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "otlp_decode_golden.json"
+
+
+def corpus() -> dict[str, ExportMetricsServiceRequest]:
+    out = otlp_corpus.edge_requests()
+    for name, body in otlp_corpus.bench_requests():
+        out[name] = ExportMetricsServiceRequest.FromString(body)
+    return out
+
+
+def outcomes() -> dict[str, dict[str, Any]]:
+    return {name: otlp_corpus.outcome(decode_otlp, req) for name, req in corpus().items()}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, dict[str, Any]]:
+    return dict(json.loads(GOLDEN.read_text()))
+
+
+def test_every_request_decodes_as_before(golden: dict[str, dict[str, Any]]) -> None:
+    got = outcomes()
+    assert sorted(got) == sorted(golden)
+    for name in golden:
+        assert got[name] == golden[name], name
+
+
+def test_non_utf8_is_refused_as_before() -> None:
+    """An OTLP string with bad UTF-8 never reaches decode_otlp: the parse refuses it (gRPC's
+    deserializer; OTLP/HTTP answers 400 with this message)."""
+    req = otlp_corpus.request(otlp_corpus.gauge("g", (1.0, [("k", "v")])))
+    body = req.SerializeToString().replace(b"\x01v", b"\x01\xff")
+    with pytest.raises(InvalidArgument) as caught:
+        decode_otlp_http(body, tenant="t", content_type="application/x-protobuf")
+    assert str(caught.value) == (
+        "the body is not a valid OTLP ExportMetricsServiceRequest: Error parsing message with "
+        "type 'opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest': String "
+        "field had bad UTF-8")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        raise SystemExit("usage: python -m tests.unit.test_otlp_decode_golden --write")
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(outcomes(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
