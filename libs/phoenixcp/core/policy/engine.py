@@ -9,7 +9,7 @@ must change points:
 * series that pass go out as the request's own bytes (the whole batch when nothing changes);
 * dropped series are counted; merged series are decoded and their points fed to the mergers
   of :mod:`phoenixcp.core.aggregation`, which :meth:`PolicyEngine.flush` empties on each
-  target's flush interval.
+  target's flush interval (targets and the per-route merger cache: :mod:`.merge_targets`).
 
 A policy change (:meth:`PolicyEngine.apply`) takes effect between two batches: routes are
 recomputed, merge state of policies that stay is kept, and the groups of policies that went
@@ -37,6 +37,7 @@ from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfi
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
 from phoenixcp.core.policy.index import SeriesIndex
 from phoenixcp.core.policy.memo import SeriesMemo
+from phoenixcp.core.policy.merge_targets import _Resolved, _Target
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
 from phoenixcp.core.policy.plan import DEFAULT_FLUSH, Code, MergeSpec, Plan, Route, kind_of
 from phoenixcp.core.policy.routes import RouteTable
@@ -86,65 +87,11 @@ class MergedOutput:
 
 
 @dataclass(slots=True)
-class _Target:
-    spec: MergeSpec
-    cumulative: CumulativeMerger
-    gauge: GaugeMerger
-    interval_ms: int
-    next_flush_ms: int
-
-    def flush(self, now_ms: int) -> list[tuple[LabelSet, int, float]]:
-        points = self.cumulative.flush(now_ms) + self.gauge.flush(now_ms)
-        return [(_labels(p.group), p.timestamp_ms, p.value) for p in points]
-
-    def close(self, now_ms: int) -> list[tuple[LabelSet, int, float]]:
-        points = self.cumulative.close(now_ms) + self.gauge.close(now_ms)
-        return [(_labels(p.group), p.timestamp_ms, p.value) for p in points]
-
-
-def _labels(group: Hashable) -> LabelSet:
-    assert isinstance(group, tuple)
-    return group
-
-
-@dataclass(slots=True)
 class _Window:
     start_ms: int
     number: int = 0
     tally: PointTally = field(default_factory=PointTally)
     latencies: list[float] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Resolved:
-    """Per route id of a tenant's route table: the merger (an index into ``mergers``; -1 for
-    routes merged point by point, -2 not resolved yet) and group id its points go to, so a
-    batch resolves only routes it has not seen. Valid for one engine epoch: a flush or close
-    may free group ids, a plan change renumbers routes."""
-
-    epoch: int = -1
-    merger: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    gid: npt.NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
-    overflow: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
-    cumulative: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
-    mergers: list[CumulativeMerger | GaugeMerger] = field(default_factory=list)
-    numbered: dict[int, int] = field(default_factory=dict)
-
-    def ready(self, epoch: int, routes: int) -> None:
-        """Start over in a new epoch; make room for ``routes`` route ids."""
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self.merger = np.full(routes, -2, dtype=np.int32)
-            self.gid = np.zeros(routes, dtype=np.int32)
-            self.overflow = np.zeros(routes, dtype=bool)
-            self.cumulative = np.zeros(routes, dtype=bool)
-            self.mergers, self.numbered = [], {}
-        elif routes > len(self.merger):
-            grow = max(routes, 2 * len(self.merger)) - len(self.merger)
-            self.merger = np.concatenate([self.merger, np.full(grow, -2, dtype=np.int32)])
-            self.gid = np.concatenate([self.gid, np.zeros(grow, dtype=np.int32)])
-            self.overflow = np.concatenate([self.overflow, np.zeros(grow, dtype=bool)])
-            self.cumulative = np.concatenate([self.cumulative, np.zeros(grow, dtype=bool)])
 
 
 @dataclass(slots=True)
