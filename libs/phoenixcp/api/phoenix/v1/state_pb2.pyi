@@ -16,6 +16,9 @@ under these keys:
   /phoenix/v1/limits/<tenant>              CardinalityLimits
   /phoenix/v1/controller/config            ControllerConfig
   /phoenix/v1/experiments/<id>             Experiment
+  /phoenix/v1/members/<service>/<replica>  the replica's address as text, not a
+                                           message (held by the replica's lease: who is
+                                           alive; platform/coord/membership.py)
 
 `<service>` is the dashed service name (e.g. `cost-optimizer`). Observations
 (stats, explosions, reports) are not here; they belong to the service that
