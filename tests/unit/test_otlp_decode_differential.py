@@ -13,11 +13,25 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
+from phoenixcp.platform.ingest import _otlpconvert_py, otlp
 from phoenixcp.platform.ingest.otlp import decode_otlp
 from tests.unit import _otlp_corpus as corpus
 from tests.unit import _otlp_oracle as oracle
 
 pytestmark = pytest.mark.unit
+
+CONVERTERS: dict[str, otlp.Converter] = {"python": _otlpconvert_py.convert}
+if otlp.CONVERTER == "c":
+    CONVERTERS["c"] = otlp._convert
+
+
+def outcomes(req: ExportMetricsServiceRequest) -> dict[str, Any]:
+    """Per converter, what decode_otlp gave; and the oracle's, under "oracle"."""
+    out = {"oracle": corpus.outcome(oracle.decode_otlp, req)}
+    for name, converter in CONVERTERS.items():
+        out[name] = corpus.outcome(
+            lambda r, c=converter, **kw: decode_otlp(r, converter=c, **kw), req)
+    return out
 
 # Few distinct keys and values, so that label sets, series and collisions repeat.
 KEYS = st.sampled_from(["a", "a.b", "a-b", "a_b", "1st", "__x", "", "job", "instance", "le",
@@ -102,9 +116,15 @@ def requests(draw: st.DrawFn) -> ExportMetricsServiceRequest:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_same_output_as_the_replaced_implementation(req: ExportMetricsServiceRequest) -> None:
-    assert corpus.outcome(decode_otlp, req) == corpus.outcome(oracle.decode_otlp, req)
+    got = outcomes(req)
+    want = got.pop("oracle")
+    for name, outcome in got.items():
+        assert outcome == want, name
 
 
 def test_edge_corpus_matches_the_replaced_implementation() -> None:
-    for name, req in corpus.edge_requests().items():
-        assert corpus.outcome(decode_otlp, req) == corpus.outcome(oracle.decode_otlp, req), name
+    for case, req in corpus.edge_requests().items():
+        got = outcomes(req)
+        want = got.pop("oracle")
+        for name, outcome in got.items():
+            assert outcome == want, (case, name)
