@@ -117,6 +117,7 @@ static int buf_reserve(Buf *b, Py_ssize_t more) {
 }
 
 static int buf_put(Buf *b, const void *data, Py_ssize_t n) {
+    if (n <= 0) return 0;
     if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->p + b->len, data, (size_t)n);
     b->len += n;
@@ -293,7 +294,7 @@ static int emit(State *s, Py_ssize_t n, const char *a, Py_ssize_t a_len, PyObjec
                 const char *b, Py_ssize_t b_len, PyObject *b_enc, double value,
                 uint64_t time_ns) {
     if (grow_labels(&s->work, &s->cap_work, n + 2) < 0) return -1;
-    memcpy(s->work, s->labels, (size_t)n * sizeof(Label));
+    if (n) memcpy(s->work, s->labels, (size_t)n * sizeof(Label));
     if (a) set_label(s->work, &n, a, a_len, a_enc);
     if (b) set_label(s->work, &n, b, b_len, b_enc);
     return add_sample(s, n, value, time_ns);
