@@ -82,6 +82,8 @@ _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _MT = types_pb2.MetricMetadata
 _INF = float("inf")
 _JOB_KEYS = ("service.name", "service.namespace", "service.instance.id")
+_META_TYPES = {GAUGE: _MT.GAUGE, SUM: _MT.GAUGE, HISTOGRAM: _MT.HISTOGRAM,
+               SUMMARY: _MT.SUMMARY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +171,7 @@ class _Translation:
                                  "supported (Prometheus stores cumulative values); configure "
                                  "the SDK for cumulative or use the deltatocumulative processor")
             return None
-        meta_type = {GAUGE: _MT.GAUGE, SUM: _MT.COUNTER if counter else _MT.GAUGE,
-                     HISTOGRAM: _MT.HISTOGRAM, SUMMARY: _MT.SUMMARY}[kind]
-        self._family(family, meta_type, description, unit)
+        self._family(family, _MT.COUNTER if counter else _META_TYPES[kind], description, unit)
         self._metric = name
         if kind == HISTOGRAM:
             return tuple(self.pair("__name__", family + s) for s in ("_bucket", "_sum", "_count"))

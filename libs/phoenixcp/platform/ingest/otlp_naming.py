@@ -36,6 +36,7 @@ _LABEL_INVALID = re.compile(r"[^A-Za-z0-9_]")
 _ANNOTATION = re.compile(r"\{[^}]*\}")
 
 
+@functools.lru_cache(maxsize=1024)  # a few units per process
 def unit_name(unit: str) -> tuple[str, str]:
     """(main unit, per unit) in Prometheus words: ``"By/s"`` → ``("bytes", "second")``."""
     unit = _ANNOTATION.sub("", unit).strip()
@@ -51,6 +52,7 @@ def _joined(text: str) -> str:
     return "_".join(t for t in _TOKEN_SPLIT.split(text) if t)
 
 
+@functools.lru_cache(maxsize=8192)  # asked once per metric per request; senders repeat them
 def metric_name(name: str, unit: str, *, counter: bool, gauge: bool) -> str:
     """The Prometheus metric (family) name of an OTLP metric; "" when nothing is left."""
     tokens = [t for t in _TOKEN_SPLIT.split(name) if t]
