@@ -112,10 +112,10 @@ class _Tenant:
     watched: dict[int, tuple[int, float]] = field(default_factory=dict)
     """Last (timestamp, value) of series a top-K keeps, to hand over if it is demoted."""
     handover: dict[int, Route] = field(default_factory=dict)
+    """Series just promoted by a top-K, with the ``other`` route their next point also feeds."""
     moved: dict[int, Route] = field(default_factory=dict)
     """Series a cap pushed into overflow, with the route they had: their next point still
     goes that way, and starts their input state in overflow without adding to it."""
-    """Series just promoted by a top-K, with the ``other`` route their next point also feeds."""
     kind_cache: dict[str, MetricKind] = field(default_factory=dict)
     last_metadata: bytes = b""
 
