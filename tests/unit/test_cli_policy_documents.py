@@ -59,3 +59,27 @@ def test_a_missing_file_is_exit_1(tmp_path: Path) -> None:
     with pytest.raises(CliError) as caught:
         load_policies(str(tmp_path / "nope.yaml"), None)
     assert caught.value.code == 1 and "cannot read" in str(caught.value)
+
+
+def test_policy_list_says_expired_once_expire_time_has_passed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    from phoenixcp.cli.policy import _print_policies
+
+    def policy(pid: str, expires: str | None) -> state_pb2.Policy:
+        p = state_pb2.Policy(tenant="acme", id=pid, author="ops", generation=1)
+        p.match.metric_name = "http_requests_total"
+        p.drop.SetInParent()
+        if expires is not None:
+            p.expire_time.FromDatetime(datetime.fromisoformat(expires))
+        return p
+
+    now = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+    _print_policies([policy("old", "2026-11-28T11:59:59+00:00"),
+                     policy("later", "2026-11-29T00:00:00+00:00"), policy("never", None)],
+                    "table", now=now)
+    rows = {line.split()[1]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["old"][3] == "expired" and rows["old"][-2:] == ["2026-11-28", "11:59:59Z"]
+    assert rows["later"][3] == "enforce" and rows["later"][-2:] == ["2026-11-29", "00:00:00Z"]
+    assert rows["never"][3] == "enforce" and rows["never"][-1] == "-"

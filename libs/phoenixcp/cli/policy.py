@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from phoenixcp.api.phoenix.v1 import (
     common_pb2,
@@ -120,21 +121,32 @@ async def _list(stub: Stub, tenant: str) -> list[state_pb2.Policy]:
             return out
 
 
-def _print_policies(policies: list[state_pb2.Policy], output: str) -> None:
+def _print_policies(policies: list[state_pb2.Policy], output: str,
+                    now: datetime | None = None) -> None:
+    """The table (or JSON) of ``policies``. MODE says ``expired`` once ``expire_time`` has
+    passed: the pipeline no longer applies the policy, though it stays stored until deleted."""
     if output == "json":
         print_json([as_json(p) for p in policies])
         return
     if not policies:
         print("no policies")
         return
-    rows = [("TENANT", "ID", "ACTION", "MODE", "MATCH", "GEN", "AUTHOR", "UPDATED")]
+    now = now or datetime.now(UTC)
+    rows = [("TENANT", "ID", "ACTION", "MODE", "MATCH", "GEN", "AUTHOR", "UPDATED", "EXPIRES")]
     for p in policies:
         mode = "dry_run" if p.mode == state_pb2.POLICY_MODE_DRY_RUN else "enforce"
-        updated = (p.update_time.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-                   if p.HasField("update_time") else "-")
+        expires = p.expire_time.ToDatetime(tzinfo=UTC) if p.HasField("expire_time") else None
+        if expires is not None and expires <= now:
+            mode = "expired"
         rows.append((p.tenant, p.id, describe_action(p), mode, describe_match(p.match),
-                     str(p.generation), p.author or "-", updated))
+                     str(p.generation), p.author or "-",
+                     _when(p.update_time) if p.HasField("update_time") else "-",
+                     "-" if expires is None else _when(p.expire_time)))
     _table(rows)
+
+
+def _when(stamp: Timestamp) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _print_dry_run(policy: state_pb2.Policy, reply: pipeline_pb2.DryRunPolicyResponse,
