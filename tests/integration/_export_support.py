@@ -1,8 +1,41 @@
-"""Remote-write requests for the export tests, built with the generated Prometheus stubs."""
+"""What the export tests share: remote-write requests built with the generated Prometheus
+stubs, a fast worker config, and the certificates of the TLS tests."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
+
 from phoenixcp.api.prometheus import remote_pb2, types_pb2
+from phoenixcp.platform.export import ExportWorkerConfig
+from phoenixcp.platform.tls import LocalCA
+
+FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
+                          backoff_initial=timedelta(milliseconds=10),
+                          backoff_max=timedelta(milliseconds=100))
+"""Small batches, sent within 50 ms, retried after 10-100 ms: tests see outcomes quickly."""
+
+_HOUR = timedelta(hours=1)
+
+
+class Pki:
+    """Under ``directory``: the local CA's bundle (``ca_file``), a backend's certificate for
+    the loopback names (``server_*``) and one for ``dns_name`` only (``named_*``), and a
+    client certificate for the exporter (``client_*``); paths as strings."""
+
+    def __init__(self, directory: Path, *, backend: str, dns_name: str) -> None:
+        ca = LocalCA.open(directory / "ca")
+        self.ca_file, self.server_cert, self.server_key = (str(p) for p in ca.issue(
+            backend, ttl=_HOUR).write(directory, "server"))
+        _, self.named_cert, self.named_key = (str(p) for p in ca.issue(
+            backend, ttl=_HOUR, hosts=[dns_name]).write(directory, "named"))
+        _, self.client_cert, self.client_key = (str(p) for p in ca.issue(
+            "metrics-pipeline", ttl=_HOUR).write(directory, "client"))
+
+    def server_pair(self, *, named: bool) -> tuple[str, str]:
+        """(certificate, key) the backend serves."""
+        return ((self.named_cert, self.named_key) if named
+                else (self.server_cert, self.server_key))
 
 MetricType = types_pb2.MetricMetadata.MetricType
 

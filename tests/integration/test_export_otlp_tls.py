@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -28,50 +26,32 @@ from phoenixcp.platform.export import (
     ExportMetrics,
     ExportResult,
     ExportWorker,
-    ExportWorkerConfig,
     OtlpExporter,
     OtlpExporterConfig,
 )
 from phoenixcp.platform.queue import DurableQueue, QueueConfig
-from phoenixcp.platform.tls import LocalCA
-from tests.integration._export_support import numbered
+from tests.integration._export_support import FAST, Pki, numbered
 from tests.integration.test_export_otlp import Receiver, metrics_by_name
 
 pytestmark = pytest.mark.integration
 
-FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
-                          backoff_initial=timedelta(milliseconds=10),
-                          backoff_max=timedelta(milliseconds=100))
-HOUR = dt.timedelta(hours=1)
 #: What gRPC reports for every failed connection, TLS or not.
 NO_CONNECTION = "UNAVAILABLE: failed to connect to all addresses; last error: "
 
 
-class Pki:
-    """The local CA's bundle, the receiver's certificate (loopback names, or one DNS name
-    only), and a client certificate for the exporter."""
-
-    def __init__(self, directory: Path) -> None:
-        ca = LocalCA.open(directory / "ca")
-        self.ca_file, self.server_cert, self.server_key = (str(p) for p in ca.issue(
-            "collector", ttl=HOUR).write(directory, "server"))
-        _, self.named_cert, self.named_key = (str(p) for p in ca.issue(
-            "collector", ttl=HOUR, hosts=["collector.internal"]).write(directory, "named"))
-        _, self.client_cert, self.client_key = (str(p) for p in ca.issue(
-            "metrics-pipeline", ttl=HOUR).write(directory, "client"))
-
-    def server_credentials(self, *, mtls: bool, named: bool) -> grpc.ServerCredentials:
-        cert, key = ((self.named_cert, self.named_key) if named
-                     else (self.server_cert, self.server_key))
-        return grpc.ssl_server_credentials(
-            [(Path(key).read_bytes(), Path(cert).read_bytes())],
-            root_certificates=Path(self.ca_file).read_bytes() if mtls else None,
-            require_client_auth=mtls)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
+    return Pki(tmp_path_factory.mktemp("pki"), backend="collector",
+               dns_name="collector.internal")
+
+
+def server_credentials(pki: Pki, *, mtls: bool, named: bool) -> grpc.ServerCredentials:
+    """The receiver's side: its certificate, and the client's required when ``mtls``."""
+    cert, key = pki.server_pair(named=named)
+    return grpc.ssl_server_credentials(
+        [(Path(key).read_bytes(), Path(cert).read_bytes())],
+        root_certificates=Path(pki.ca_file).read_bytes() if mtls else None,
+        require_client_auth=mtls)
 
 
 ReceiverFactory = Callable[..., Awaitable[tuple[Receiver, str]]]
@@ -92,7 +72,7 @@ async def tls_receiver(pki: Pki) -> AsyncIterator[ReceiverFactory]:
             servicer, server)
         port = (server.add_insecure_port("127.0.0.1:0") if plaintext else
                 server.add_secure_port("127.0.0.1:0",
-                                       pki.server_credentials(mtls=mtls, named=named)))
+                                       server_credentials(pki, mtls=mtls, named=named)))
         await server.start()
         return servicer, f"127.0.0.1:{port}"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import cramjam
@@ -22,14 +21,9 @@ from phoenixcp.platform.export import (
 )
 from phoenixcp.platform.export.sink import CountingSink
 from phoenixcp.platform.queue import DEAD_LETTER_FILE, DurableQueue, QueueConfig
-from tests.integration._export_support import numbered, sample_values
+from tests.integration._export_support import FAST, numbered, sample_values
 
 pytestmark = pytest.mark.integration
-
-FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
-                          backoff_initial=timedelta(milliseconds=10),
-                          backoff_max=timedelta(milliseconds=100))
-
 
 @pytest.fixture
 async def sink() -> AsyncIterator[CountingSink]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,47 +25,26 @@ from phoenixcp.platform.export import (
     ExportMetrics,
     ExportResult,
     ExportWorker,
-    ExportWorkerConfig,
     RemoteWriteConfig,
     RemoteWriteExporter,
 )
 from phoenixcp.platform.export.sink import CountingSink
 from phoenixcp.platform.queue import DurableQueue, QueueConfig
-from phoenixcp.platform.tls import LocalCA
-from tests.integration._export_support import numbered, sample_values
+from tests.integration._export_support import FAST, Pki, numbered, sample_values
 
 pytestmark = pytest.mark.integration
 
-FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
-                          backoff_initial=timedelta(milliseconds=10),
-                          backoff_max=timedelta(milliseconds=100))
-HOUR = dt.timedelta(hours=1)
-
-
-class Pki:
-    """The local CA's bundle, the sink's certificate (loopback names, or one DNS name only),
-    and a client certificate for the exporter."""
-
-    def __init__(self, directory: Path) -> None:
-        self.ca = LocalCA.open(directory / "ca")
-        self.ca_file, self.server_cert, self.server_key = self.ca.issue(
-            "backend", ttl=HOUR).write(directory, "server")
-        _, self.named_cert, self.named_key = self.ca.issue(
-            "backend", ttl=HOUR, hosts=["backend.internal"]).write(directory, "named")
-        _, self.client_cert, self.client_key = self.ca.issue(
-            "metrics-pipeline", ttl=HOUR).write(directory, "client")
-
-    def server_context(self, *, mtls: bool = False, named: bool = False) -> ssl.SSLContext:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca_file))
-        context.load_cert_chain(*((self.named_cert, self.named_key) if named
-                                  else (self.server_cert, self.server_key)))
-        context.verify_mode = ssl.CERT_REQUIRED if mtls else ssl.CERT_NONE
-        return context
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
+    return Pki(tmp_path_factory.mktemp("pki"), backend="backend", dns_name="backend.internal")
+
+
+def server_context(pki: Pki, *, mtls: bool = False, named: bool = False) -> ssl.SSLContext:
+    """The HTTPS sink's side: its certificate, and the client's checked when ``mtls``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca_file)
+    context.load_cert_chain(*pki.server_pair(named=named))
+    context.verify_mode = ssl.CERT_REQUIRED if mtls else ssl.CERT_NONE
+    return context
 
 
 SinkFactory = Callable[..., Awaitable[CountingSink]]
@@ -79,7 +56,7 @@ async def https_sink(pki: Pki) -> AsyncIterator[SinkFactory]:
 
     async def start(*, mtls: bool = False, named: bool = False) -> CountingSink:
         sink = CountingSink(keep_bodies=True,
-                            ssl_context=pki.server_context(mtls=mtls, named=named))
+                            ssl_context=server_context(pki, mtls=mtls, named=named))
         await sink.start()
         sinks.append(sink)
         return sink
