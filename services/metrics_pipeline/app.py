@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from metrics_pipeline.native import report_native_parts
 from metrics_pipeline.pipeline import Pipeline
 from metrics_pipeline.servicer import PipelineServicer
 from metrics_pipeline.stats import ReplicaCounters
@@ -52,6 +53,7 @@ def build(config: ServiceConfig) -> ServiceApp:
     Raises ConfigError when no exporter is configured.
     """
     registry = CollectorRegistry()
+    report_native_parts(registry)
     replica = _Replica(config)
     app: ServiceApp | None = None
     pipeline = Pipeline(config=config, registry=registry,

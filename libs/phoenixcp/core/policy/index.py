@@ -21,10 +21,13 @@ from phoenixcp.core.policy import _keytable_py
 
 try:
     from phoenixcp.core.policy._keytable import KeyTable
+
+    KEY_TABLE = "c"
 except ImportError:  # the extension is not built: same contract, slower
     KeyTable = _keytable_py.KeyTable  # type: ignore[assignment, misc]
+    KEY_TABLE = "python"
 
-__all__ = ["UNKNOWN", "SeriesIndex"]
+__all__ = ["KEY_TABLE", "UNKNOWN", "SeriesIndex"]
 
 _U64 = np.uint64
 UNKNOWN = np.uint64(2**64 - 1)
