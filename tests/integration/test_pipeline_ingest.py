@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -23,6 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 
+from phoenixcp.api.prometheus import remote_pb2
 from phoenixcp.cli.stack import Backend, LocalStack
 from phoenixcp.platform.export.sink import CountingSink
 from tests.integration._pipeline_support import (
@@ -36,6 +38,8 @@ from tests.integration._pipeline_support import (
 pytestmark = pytest.mark.integration
 
 NOW_MS = int(time.time() * 1000)
+CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 
 @pytest.fixture
@@ -213,3 +217,53 @@ async def test_otlp_http_accepts_protobuf_and_refuses_what_it_cannot_store(
         assert sink.counts.samples == 1  # nothing more arrived
     finally:
         stack.stop()
+
+
+async def test_otlp_grpc_refuses_bad_histograms_and_accepts_the_rest(tmp_path: Path) -> None:
+    """Over OTLP/gRPC: histogram bounds without bucket counts are a partial success naming
+    them while the other points are stored; an explicit +Inf bound gives one le="+Inf"
+    bucket."""
+    sink = CountingSink(keep_bodies=True)
+    await sink.start()
+    stack = await pipeline(tmp_path, sink)
+    try:
+        request = ExportMetricsServiceRequest()
+        metrics = request.resource_metrics.add().scope_metrics.add().metrics
+        t_ns = NOW_MS * 1_000_000
+        no_counts, inf_bound, gauge = metrics.add(), metrics.add(), metrics.add()
+        no_counts.name = "grpc_no_counts"
+        no_counts.histogram.aggregation_temporality = CUMULATIVE
+        no_counts.histogram.data_points.add(time_unix_nano=t_ns, count=3,
+                                            explicit_bounds=[1.0, 2.0])
+        inf_bound.name = "grpc_inf_bound"
+        inf_bound.histogram.aggregation_temporality = CUMULATIVE
+        inf_bound.histogram.data_points.add(time_unix_nano=t_ns, count=10, sum=12.0,
+                                            explicit_bounds=[1.0, float("inf")],
+                                            bucket_counts=[4, 6, 0])
+        gauge.name = "grpc_gauge"
+        gauge.gauge.data_points.add(time_unix_nano=t_ns, as_double=1.5)
+
+        async with grpc.aio.insecure_channel(ingest(stack)["otlp_grpc"]) as channel:
+            export = channel.unary_unary(
+                EXPORT, request_serializer=ExportMetricsServiceRequest.SerializeToString,
+                response_deserializer=ExportMetricsServiceResponse.FromString)
+            answer = await export(request, timeout=10)
+            assert answer.partial_success.rejected_data_points == 1
+            assert answer.partial_success.error_message == (
+                "1 data points rejected: metric 'grpc_no_counts': histogram has 2 bounds but "
+                "no bucket counts (send bounds + 1 bucket counts, or neither bounds nor bucket "
+                "counts for count and sum only) (1 points)")
+            # le="1", le="+Inf", _sum, _count and the gauge
+            await eventually(lambda: sink.counts.samples == 5, what="the accepted points")
+        sent = remote_pb2.WriteRequest()
+        for body in sink.bodies:
+            sent.MergeFromString(body)
+        infs = [s for s in sent.timeseries
+                if {(x.name, x.value) for x in s.labels} >= {("__name__", "grpc_inf_bound_bucket"),
+                                                            ("le", "+Inf")}]
+        assert [[x.value for x in s.samples] for s in infs] == [[10.0]]
+        await asyncio.sleep(1.5)
+        assert sink.counts.samples == 5  # nothing more arrived
+    finally:
+        stack.stop()
+        await sink.stop()

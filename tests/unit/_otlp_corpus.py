@@ -163,6 +163,12 @@ def edge_requests() -> dict[str, ExportMetricsServiceRequest]:
         histogram("h.delta", [1], [1, 1], temporality=DELTA),
         histogram("h.unspecified", [1], [1, 1], temporality=0),
     )
+    out["histogram_bounds"] = request(  # refused or normalised since the oracle (ADR 0013)
+        histogram("h.bounds_without_counts", [1, 2], [], count=3),
+        histogram("h.inf_last", [1, 2, inf], [5, 2, 3, 0]),
+        histogram("h.inf_only", [inf], [4, 0]),
+        histogram("h.nan_after_inf", [1, inf, nan], [1, 1, 1, 1]),
+        gauge("ok", (1.0, [])))
     out["summaries"] = request(
         summary("s.q", [(0.0, 0.0), (0.25, -1.0), (0.999, nan), (1e-9, 2.0)],
                 attrs=[("quantile", "x"), ("k", "v")]),

@@ -15,7 +15,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 from phoenixcp.api.prometheus import remote_pb2
 from phoenixcp.core.batch import MetricType
 from phoenixcp.core.series import series_key
-from phoenixcp.platform.ingest.otlp import decode_otlp
+from phoenixcp.platform.ingest.otlp import Rejected, decode_otlp
 from phoenixcp.platform.ingest.otlp_naming import attribute_labels, label_name, metric_name
 
 pytestmark = pytest.mark.unit
@@ -122,6 +122,39 @@ def test_histogram_buckets_are_cumulative_with_le() -> None:
     assert buckets == {"0.5": [1.0], "1": [3.0], "2.5": [6.0], "+Inf": [10.0]}
     assert got[(("__name__", name + "_count"), ("job", "api"))] == [10.0]
     assert got[(("__name__", name + "_sum"), ("job", "api"))] == [123.0]
+
+
+def test_an_explicit_inf_bound_gives_one_inf_bucket() -> None:
+    """SDKs that take +Inf as a boundary send it as the last bound, and a last bucket that is
+    empty by definition: one le="+Inf" bucket, not two samples in one series."""
+    hist = Metric(name="rpc.duration", unit="ms")
+    hist.histogram.aggregation_temporality = CUMULATIVE
+    hist.histogram.data_points.add(time_unix_nano=T_NS, count=10, sum=12.0,
+                                   explicit_bounds=[1, 2, float("inf")],
+                                   bucket_counts=[5, 2, 3, 0])
+    got = samples(export(hist, resource={}))
+    buckets = {dict(k)["le"]: v for k, v in got.items()
+               if dict(k)["__name__"] == "rpc_duration_milliseconds_bucket"}
+    assert buckets == {"1": [5.0], "2": [7.0], "+Inf": [10.0]}
+
+
+def test_histogram_bounds_without_counts_are_refused() -> None:
+    """OTLP allows bounds with one more bucket count, or neither (count and sum only)."""
+    bad = Metric(name="h")
+    bad.histogram.aggregation_temporality = CUMULATIVE
+    bad.histogram.data_points.add(time_unix_nano=T_NS, count=3, explicit_bounds=[1, 2])
+    only_count = Metric(name="c")
+    only_count.histogram.aggregation_temporality = CUMULATIVE
+    only_count.histogram.data_points.add(time_unix_nano=T_NS, count=3, sum=1.5)
+    batch, rejected = decode_otlp(export(bad, only_count, resource={}), tenant="t")
+    assert rejected == Rejected(1, "1 data points rejected: metric 'h': histogram has 2 "
+                                   "bounds but no bucket counts (send bounds + 1 bucket counts, "
+                                   "or neither bounds nor bucket counts for count and sum only) "
+                                   "(1 points)")
+    assert samples(export(only_count, resource={})) == {
+        (("__name__", "c_bucket"), ("le", "+Inf")): [3.0], (("__name__", "c_count"),): [3.0],
+        (("__name__", "c_sum"),): [1.5]}
+    assert batch.sample_count == 3
 
 
 def test_summary_quantiles() -> None:

@@ -4,7 +4,9 @@ tests/unit/data/otlp_decode_golden.json holds, per request of the corpus (tests/
 _otlp_corpus.py: the benchmark's first round and hand-written edge cases), the WriteRequest
 bytes' SHA-256 (and hex when small), sample and series counts, and the partial success. It
 was written by the implementation before commit "otlp decode: ..." (the per-point Python
-loop over upb messages); regenerate it only when the output is meant to change:
+loop over upb messages), except ``histograms`` and ``histogram_bounds``, rewritten when
+histogram bounds without counts became a refusal and an explicit +Inf bound one bucket (ADR
+0013). Regenerate it only when the output is meant to change, and then only those entries:
 
     .venv/bin/python -m tests.unit.test_otlp_decode_golden --write
 """

@@ -475,19 +475,25 @@ static int histogram_point(State *s, Metric *m, const uint8_t *p, const uint8_t 
         return -1;
     }
     Py_ssize_t n_les = PyTuple_GET_SIZE(les);
-    if ((n_counts && n_counts != n_bounds + 1) || n_les == 0) {
+    /* OTLP allows bounds and counts together (counts = bounds + 1) or neither (count and sum
+       only); bounds without counts, or counts that do not fit, refuse the point. */
+    if (n_les == 0 || ((n_counts || n_bounds) && n_counts != n_bounds + 1)) {
         m->refused++;
         m->last_counts = n_counts;
         m->last_bounds = n_bounds;
         return 0;
     }
-    if (n_les != n_bounds + 1) {
+    /* One le label per bound and +Inf; or one fewer when the last bound is +Inf itself, and
+       then the +Inf bucket also takes the count past that bound. */
+    if (n_les != n_bounds + 1 && !(n_bounds && n_les == n_bounds)) {
         PyErr_SetString(PyExc_ValueError, "bounds() returned the wrong number of labels");
         return -1;
     }
-    if (!n_counts && n_les != 1) {  /* what zip(les, [count], strict=True) raised */
-        PyErr_SetString(PyExc_ValueError, "zip() argument 2 is shorter than argument 1");
-        return -1;
+    for (Py_ssize_t i = 0; i < n_les; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(les, i))) {
+            PyErr_SetString(PyExc_TypeError, "bounds() must return bytes");
+            return -1;
+        }
     }
     Py_ssize_t n;
     if (point_attributes(s, p, end, 9, &n) < 0 || add_base(s, m->base, m->n_base, &n) < 0)
@@ -495,20 +501,19 @@ static int histogram_point(State *s, Metric *m, const uint8_t *p, const uint8_t 
     int stale = (int)(flags & 1);
     double stale_value = as_double(STALE_BITS);
     unsigned __int128 running = 0;
-    for (Py_ssize_t i = 0; i < n_les; i++) {
+    for (Py_ssize_t i = 0; i < n_counts; i++) {
         uint64_t bucket;
-        if (n_counts) memcpy(&bucket, counts->p + 8 * i, 8);
-        else bucket = count;
+        memcpy(&bucket, counts->p + 8 * i, 8);
         running += bucket;
-        PyObject *le = PyTuple_GET_ITEM(les, i);
-        if (!PyBytes_Check(le)) {
-            PyErr_SetString(PyExc_TypeError, "bounds() must return bytes");
-            return -1;
-        }
-        if (emit(s, n, "__name__", 8, m->names[0], "le", 2, le,
-                 stale ? stale_value : (double)running, time_ns) < 0)
+        if (i < n_les - 1 && emit(s, n, "__name__", 8, m->names[0], "le", 2,
+                                  PyTuple_GET_ITEM(les, i),
+                                  stale ? stale_value : (double)running, time_ns) < 0)
             return -1;
     }
+    if (!n_counts) running = count;
+    if (emit(s, n, "__name__", 8, m->names[0], "le", 2, PyTuple_GET_ITEM(les, n_les - 1),
+             stale ? stale_value : (double)running, time_ns) < 0)
+        return -1;
     if (has_sum && emit(s, n, "__name__", 8, m->names[1], NULL, 0, NULL,
                         stale ? stale_value : as_double(sum_bits), time_ns) < 0)
         return -1;

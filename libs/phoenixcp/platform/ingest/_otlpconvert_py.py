@@ -7,8 +7,8 @@ naming and refusal decision is the caller's, through ``hooks`` (see :class:`Hook
 module only walks data points, merges labels (data point attributes, then the resource's
 labels, then the slot labels ``__name__``, ``le``, ``quantile`` override by name), sorts them
 by name and writes bytes. A label is ``(name as UTF-8, its encoded TimeSeries.labels entry)``.
-Raises ValueError for the one shape the reference raised on: a histogram point with bounds
-but no bucket counts (``zip`` of unequal lengths).
+A histogram point has bounds and one more bucket count, or neither (then its ``le="+Inf"``
+bucket is its count); other shapes are refused (``Hooks.refused``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ class Hooks(Protocol):
         """The labels of a point whose attributes' label names collide."""
 
     def bounds(self, packed: bytes) -> tuple[bytes, ...]:
-        """The ``le`` labels of a histogram's bounds (native doubles) and ``+Inf``; () if
-        the bounds do not increase."""
+        """The ``le`` labels of a histogram's bounds (native doubles) and ``+Inf``, or () to
+        refuse its points. When the last bound is +Inf itself, one label fewer: the ``+Inf``
+        bucket then also takes the count past that bound."""
 
     def quantile(self, quantile: float) -> bytes:
         """The ``quantile`` label of a summary quantile."""
@@ -140,15 +141,22 @@ def convert(data: bytes, hooks: Hooks) -> bytes:
                         key = struct.pack(f"={len(bounds)}d", *bounds)
                         if key not in les:
                             les[key] = hooks.bounds(key)
-                        if (counts and len(counts) != len(bounds) + 1) or not les[key]:
+                        # bounds and counts (one more), or neither; anything else refused
+                        if not les[key] or (
+                                (counts or bounds) and len(counts) != len(bounds) + 1):
                             refused, last_counts, last_bounds = (
                                 refused + 1, len(counts), len(bounds))
                             continue
+                        *finite, inf = les[key]
                         running = 0
-                        for le, n in zip(les[key], counts or [p.count], strict=True):
+                        for i, n in enumerate(counts):
                             running += n
-                            out.add({**labels, _NAME: names[0], _LE: le},
-                                    _STALE_NAN if stale else float(running), t)
+                            if i < len(finite):
+                                out.add({**labels, _NAME: names[0], _LE: finite[i]},
+                                        _STALE_NAN if stale else float(running), t)
+                        out.add({**labels, _NAME: names[0], _LE: inf},
+                                _STALE_NAN if stale else float(running if counts else p.count),
+                                t)
                         if p.HasField("sum"):
                             out.add({**labels, _NAME: names[1]}, _STALE_NAN if stale else p.sum,
                                     t)

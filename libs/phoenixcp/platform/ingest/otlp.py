@@ -16,8 +16,10 @@ Refused per data point, counted in the returned :class:`Rejected` (OTLP partial 
 the rest is accepted: metrics whose name is empty after sanitising, delta (or unspecified)
 temporality Sums and Histograms (Prometheus stores cumulative values only: use cumulative
 temporality or the Collector's ``deltatocumulative`` processor), ExponentialHistograms (not
-converted yet), histograms whose bucket counts do not match their bounds or whose bounds are
-not increasing, and metrics with no data.
+converted yet), histograms whose bucket counts do not match their bounds (bounds + 1, or
+neither bounds nor counts) or whose bounds are not strictly increasing (NaN included), and
+metrics with no data. An explicit ``+Inf`` last bound (some SDKs send one) is dropped: its
+bucket and the one past it (empty by definition) are the one ``le="+Inf"`` bucket.
 
 How it is fast: the request is serialized once more and walked by ``_otlpconvert`` (C, ADR
 0013; ``_otlpconvert_py`` is its pure-Python twin), which writes the series bytes itself and
@@ -180,8 +182,14 @@ class _Translation:
         return (self.pair("__name__", family),)
 
     def refused(self, points: int, counts: int, bounds: int) -> None:
-        self._refuse(points, f"metric {self._metric!r}: histogram has {counts} bucket counts "
-                             f"for {bounds} bounds (needs bounds + 1, bounds increasing)")
+        if counts:
+            self._refuse(points, f"metric {self._metric!r}: histogram has {counts} bucket "
+                                 f"counts for {bounds} bounds (needs bounds + 1, bounds "
+                                 "increasing)")
+        else:
+            self._refuse(points, f"metric {self._metric!r}: histogram has {bounds} bounds but "
+                                 "no bucket counts (send bounds + 1 bucket counts, or neither "
+                                 "bounds nor bucket counts for count and sum only)")
 
     def attribute(self, data: bytes) -> Label | None:
         kv = KeyValue.FromString(data)
@@ -196,9 +204,13 @@ class _Translation:
 
     def bounds(self, packed: bytes) -> tuple[bytes, ...]:
         bounds = array("d", packed)
-        if any(b >= c for b, c in pairwise(bounds)):
-            return ()
-        return tuple(self.pair("le", "+Inf" if b == _INF else _le(b)) for b in [*bounds, _INF])
+        if any(not b < c for b, c in pairwise(bounds)) or any(b != b for b in bounds):
+            return ()  # not strictly increasing, or NaN
+        if bounds and bounds[-1] == _INF:
+            # The bucket past an explicit +Inf bound is empty by definition (SDKs that take
+            # +Inf as a boundary send it): one le="+Inf" bucket, taking every count.
+            bounds.pop()
+        return (*(self.pair("le", _le(b)) for b in bounds), self.pair("le", "+Inf"))
 
     def quantile(self, quantile: float) -> bytes:
         return self.pair("quantile", _le(quantile))
