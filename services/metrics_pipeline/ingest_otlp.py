@@ -3,6 +3,10 @@
 Invalid points are refused through OTLP's ``partial_success`` (the rest is accepted); a request
 that does not decode at all is INVALID_ARGUMENT; a full queue is RESOURCE_EXHAUSTED with a
 ``google.rpc.RetryInfo`` detail, which OTLP exporters honour before they retry.
+
+``Export`` is registered without a request deserializer: the handler gets the request's bytes
+and ``decode_otlp`` walks them once, instead of grpc parsing them into messages that the
+converter would only serialise again (ADR 0013).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    DESCRIPTOR,
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
@@ -30,16 +34,25 @@ __all__ = ["OtlpIngest"]
 
 Accept = Callable[[MetricBatch], Awaitable[None]]
 RECEIVER = "otlp_grpc"
+SERVICE = DESCRIPTOR.services_by_name["MetricsService"].full_name
 
 
-class OtlpMetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+class OtlpMetricsServicer:
     """Decodes each Export into a batch and hands it to ``accept``."""
 
     def __init__(self, *, accept: Accept, metrics: IngestMetrics) -> None:
         self._accept = accept
         self._metrics = metrics
 
-    async def Export(self, request: ExportMetricsServiceRequest,
+    def handler(self) -> grpc.GenericRpcHandler:
+        """``MetricsService/Export`` with the request left as bytes (no deserializer)."""
+        export: grpc.RpcMethodHandler[bytes, ExportMetricsServiceResponse]
+        export = grpc.unary_unary_rpc_method_handler(
+            self.Export, request_deserializer=None,
+            response_serializer=ExportMetricsServiceResponse.SerializeToString)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Export": export})
+
+    async def Export(self, request: bytes | ExportMetricsServiceRequest,
                      context: grpc.aio.ServicerContext[Any, Any]
                      ) -> ExportMetricsServiceResponse:
         m = self._metrics
@@ -96,8 +109,8 @@ class OtlpIngest:
             ("grpc.max_receive_message_length", max_bytes),
             ("grpc.so_reuseport", 0),
         ])
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            OtlpMetricsServicer(accept=accept, metrics=metrics), self._server)
+        self._server.add_generic_rpc_handlers(
+            (OtlpMetricsServicer(accept=accept, metrics=metrics).handler(),))
         self.bound_port: int | None = None
         self._stopped = False
 

@@ -222,7 +222,8 @@ async def test_otlp_http_accepts_protobuf_and_refuses_what_it_cannot_store(
 async def test_otlp_grpc_refuses_bad_histograms_and_accepts_the_rest(tmp_path: Path) -> None:
     """Over OTLP/gRPC: histogram bounds without bucket counts are a partial success naming
     them while the other points are stored; an explicit +Inf bound gives one le="+Inf"
-    bucket."""
+    bucket; bytes that are not an ExportMetricsServiceRequest are INVALID_ARGUMENT and store
+    nothing."""
     sink = CountingSink(keep_bodies=True)
     await sink.start()
     stack = await pipeline(tmp_path, sink)
@@ -255,6 +256,15 @@ async def test_otlp_grpc_refuses_bad_histograms_and_accepts_the_rest(tmp_path: P
                 "counts for count and sum only) (1 points)")
             # le="1", le="+Inf", _sum, _count and the gauge
             await eventually(lambda: sink.counts.samples == 5, what="the accepted points")
+            raw = channel.unary_unary(EXPORT, request_serializer=None,
+                                      response_deserializer=ExportMetricsServiceResponse.FromString)
+            bad_utf8 = request.SerializeToString().replace(b"grpc_gauge", b"grpc_gaug\xff")
+            for body in (b"\x0a\x05\x0a\x03\x0a\x01", bad_utf8):  # truncated; bad UTF-8
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await raw(body, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+                assert str(caught.value.details()).startswith(
+                    "the request is not a valid OTLP ExportMetricsServiceRequest: ")
         sent = remote_pb2.WriteRequest()
         for body in sink.bodies:
             sent.MergeFromString(body)

@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
+from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _otlpconvert_py, otlp
 from phoenixcp.platform.ingest.otlp import decode_otlp
 from tests.unit import _otlp_corpus as corpus
@@ -167,3 +168,8 @@ def test_the_c_converter_survives_corrupted_requests(req: ExportMetricsServiceRe
             otlp._convert(sample, otlp._Translation())
         except Exception:  # any exception is an answer; a crash is not
             pass
+        for converter in CONVERTERS.values():
+            try:  # what gRPC hands the servicer: bad bytes are the client's error, never a 5xx
+                decode_otlp(sample, tenant="t", converter=converter)
+            except InvalidArgument:
+                pass

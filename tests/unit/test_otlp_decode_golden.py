@@ -71,6 +71,17 @@ def test_every_request_decodes_as_before(golden: dict[str, dict[str, Any]],
         assert got[name] == golden[name], name
 
 
+@pytest.mark.parametrize("converter", sorted(CONVERTERS))
+def test_the_serialized_request_decodes_as_the_parsed_one(golden: dict[str, dict[str, Any]],
+                                                         converter: str) -> None:
+    """What gRPC hands the servicer: the request's bytes, not parsed."""
+    def decode(req: ExportMetricsServiceRequest, **kw: Any) -> Any:
+        return decode_otlp(req.SerializeToString(), converter=CONVERTERS[converter], **kw)
+
+    for name, req in corpus().items():
+        assert otlp_corpus.outcome(decode, req) == golden[name], name
+
+
 def test_non_utf8_is_refused_as_before() -> None:
     """An OTLP string with bad UTF-8 never reaches decode_otlp: the parse refuses it (gRPC's
     deserializer; OTLP/HTTP answers 400 with this message)."""
@@ -82,6 +93,35 @@ def test_non_utf8_is_refused_as_before() -> None:
         "the body is not a valid OTLP ExportMetricsServiceRequest: Error parsing message with "
         "type 'opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest': String "
         "field had bad UTF-8")
+
+
+@pytest.mark.parametrize("converter", sorted(CONVERTERS))
+@pytest.mark.parametrize(("body", "needle"), [
+    (b"\x0a\x05\x0a\x03\x0a\x01", "length past the end"),  # truncated
+    (b"\x0a\x80", "truncated varint"),
+    (b"\x0f", "wire type"),
+])
+def test_bytes_that_are_not_a_request_are_invalid_argument(converter: str, body: bytes,
+                                                           needle: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        decode_otlp(body, tenant="t", converter=CONVERTERS[converter])
+    message = str(caught.value)
+    assert message.startswith("the request is not a valid OTLP ExportMetricsServiceRequest: ")
+    if converter == "c":
+        assert needle in message, message
+
+
+@pytest.mark.parametrize("converter", sorted(CONVERTERS))
+@pytest.mark.parametrize("where", [b"\x01m", b"\x01k", b"\x01v", b"\x01s"])
+def test_bad_utf8_in_what_is_read_is_invalid_argument(converter: str, where: bytes) -> None:
+    """Metric name, attribute key and value, resource attribute: each read and checked."""
+    req = otlp_corpus.request(otlp_corpus.gauge("m", (1.0, [("k", "v")])),
+                              resource=[("service.name", "s")])
+    body = req.SerializeToString()
+    assert body.count(where) == 1
+    with pytest.raises(InvalidArgument):
+        decode_otlp(body.replace(where, b"\x01\xff"), tenant="t",
+                    converter=CONVERTERS[converter])
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -47,6 +48,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from phoenixcp.api.prometheus import remote_pb2, types_pb2
 from phoenixcp.core.batch import MetricBatch
+from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _otlpconvert_py
 from phoenixcp.platform.ingest._otlpconvert_py import (
     EXPONENTIAL,
@@ -230,17 +232,27 @@ def _le(bound: float) -> str:
 
 
 def decode_otlp(
-    request: ExportMetricsServiceRequest, *, tenant: str, received_at: int | None = None,
-    converter: Converter | None = None,
+    request: ExportMetricsServiceRequest | bytes, *, tenant: str,
+    received_at: int | None = None, converter: Converter | None = None,
 ) -> tuple[MetricBatch, Rejected]:
-    """Translate an OTLP export into a batch, and what was refused (partial success).
+    """Translate an OTLP export, parsed or as its serialized bytes (what gRPC receives), into
+    a batch, and what was refused (partial success).
 
-    Never raises for bad points: they are counted in :class:`Rejected`. Pure CPU work.
-    ``converter`` picks an implementation (tests run both); default: the C one if built.
+    Never raises for bad points: they are counted in :class:`Rejected`. Bytes that are not an
+    ``ExportMetricsServiceRequest`` raise :class:`InvalidArgument`: the converter walks them
+    in place of a parse, and refuses broken framing and bad UTF-8 in what it reads (names,
+    units, descriptions, attributes, the resource); the parts it skips (scopes, exemplars,
+    unknown fields) are not checked. Pure CPU work. ``converter`` picks an implementation
+    (tests run both); default: the C one if built.
     """
     start = time.monotonic_ns() if received_at is None else received_at
     t = _Translation()
-    series = (converter or _convert)(request.SerializeToString(), t)
+    data = request if isinstance(request, bytes) else request.SerializeToString()
+    try:
+        series = (converter or _convert)(data, t)
+    except (ValueError, DecodeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidArgument(
+            f"the request is not a valid OTLP ExportMetricsServiceRequest: {exc}") from exc
     data = series + t.metadata.SerializeToString()
     batch = batch_from_scan(data, validate_write_request(data), tenant=tenant,
                             received_at=start)
