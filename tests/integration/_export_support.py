@@ -1,13 +1,27 @@
 """What the export tests share: remote-write requests built with the generated Prometheus
-stubs, a fast worker config, and the certificates of the TLS tests."""
+stubs, a fast worker config, a queue and worker that stop in order, and the certificates of
+the TLS tests."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from phoenixcp.api.prometheus import remote_pb2, types_pb2
-from phoenixcp.platform.export import ExportWorkerConfig
+from phoenixcp.platform.export import (
+    ExportMetrics,
+    ExportWorker,
+    ExportWorkerConfig,
+    OtlpExporter,
+    OtlpExporterConfig,
+    RemoteWriteConfig,
+    RemoteWriteExporter,
+)
+from phoenixcp.platform.queue import DurableQueue, QueueConfig
 from phoenixcp.platform.tls import LocalCA
 
 FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds=50),
@@ -16,6 +30,36 @@ FAST = ExportWorkerConfig(max_samples=200, flush_interval=timedelta(milliseconds
 """Small batches, sent within 50 ms, retried after 10-100 ms: tests see outcomes quickly."""
 
 _HOUR = timedelta(hours=1)
+
+
+@contextlib.asynccontextmanager
+async def queue_at(directory: Path) -> AsyncIterator[DurableQueue]:
+    """The queue in ``directory``; opening it again is a restart (unacknowledged records are
+    handed out again)."""
+    async with DurableQueue(config=QueueConfig(directory=directory, name="export")) as q:
+        yield q
+
+
+@contextlib.asynccontextmanager
+async def running(queue: DurableQueue, registry: CollectorRegistry,
+                  config: RemoteWriteConfig | OtlpExporterConfig) -> AsyncIterator[ExportWorker]:
+    """A worker (``FAST``) on ``queue`` exporting with ``config``, shut down (its exporter
+    closed) before the queue closes, whatever the test did."""
+    exporter = (RemoteWriteExporter(config=config) if isinstance(config, RemoteWriteConfig)
+                else OtlpExporter(config=config))
+    w = ExportWorker(queue=queue, exporter=exporter, config=FAST,
+                     metrics=ExportMetrics(registry))
+    w.start()
+    try:
+        yield w
+    finally:
+        await w.shutdown(0.2)
+
+
+def retryable(registry: CollectorRegistry, exporter: str) -> float:
+    """Export requests ``exporter`` counted as retryable so far."""
+    return registry.get_sample_value("phoenix_export_requests_total",
+                                     {"exporter": exporter, "result": "retryable"}) or 0
 
 
 class Pki:

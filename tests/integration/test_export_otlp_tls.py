@@ -8,7 +8,6 @@ retries, logs gRPC's reason, and nothing leaves the queue until the configuratio
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,14 +22,12 @@ from metrics_pipeline.forwarding import Forwarder
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import (
-    ExportMetrics,
     ExportResult,
-    ExportWorker,
     OtlpExporter,
     OtlpExporterConfig,
 )
-from phoenixcp.platform.queue import DurableQueue, QueueConfig
-from tests.integration._export_support import FAST, Pki, numbered
+from tests.integration._coord_support import wait_until
+from tests.integration._export_support import Pki, numbered, queue_at, retryable, running
 from tests.integration.test_export_otlp import Receiver, metrics_by_name
 
 pytestmark = pytest.mark.integration
@@ -87,26 +84,6 @@ def grpc_default_roots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", raising=False)
 
 
-@contextlib.asynccontextmanager
-async def queue_at(directory: Path) -> AsyncIterator[DurableQueue]:
-    """The queue in ``directory``; opening it again is a restart (unacknowledged records are
-    handed out again)."""
-    async with DurableQueue(config=QueueConfig(directory=directory, name="otlp")) as q:
-        yield q
-
-
-@contextlib.asynccontextmanager
-async def running(queue: DurableQueue, registry: CollectorRegistry,
-                  config: OtlpExporterConfig) -> AsyncIterator[ExportWorker]:
-    """A worker on ``queue``, shut down (closing its channel) before the queue closes whatever
-    the test did: one left running on a closed queue would spin."""
-    w = ExportWorker(queue=queue, exporter=OtlpExporter(config=config), config=FAST,
-                     metrics=ExportMetrics(registry))
-    w.start()
-    try:
-        yield w
-    finally:
-        await w.shutdown(0.2)
 
 
 @contextlib.asynccontextmanager
@@ -118,22 +95,11 @@ async def exporter_for(config: OtlpExporterConfig) -> AsyncIterator[OtlpExporter
         await exporter.shutdown()
 
 
-def retryable(registry: CollectorRegistry) -> float:
-    return registry.get_sample_value("phoenix_export_requests_total",
-                                     {"exporter": "otlp", "result": "retryable"}) or 0
-
 
 def points(receiver: Receiver) -> list[float]:
     return [p.as_double for r in receiver.requests for m in metrics_by_name(r).values()
             for p in m.gauge.data_points]
 
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout} s")
 
 
 async def test_with_ca_file_a_batch_is_delivered(pki: Pki, tls_receiver: ReceiverFactory,
@@ -158,7 +124,7 @@ async def test_without_the_ca_verification_fails_and_the_records_stay_queued(
     async with queue_at(tmp_path) as queue, running(queue, registry, bundled_roots) as w:
         for b in range(3):
             await queue.append(numbered(b), count=50)
-        await until(lambda: retryable(registry) >= 3)
+        await wait_until(lambda: retryable(registry, "otlp") >= 3, 10.0)
         assert len(queue) == 3 and receiver.requests == []
         assert (registry.get_sample_value("phoenix_export_samples_total",
                                           {"exporter": "otlp", "outcome": "retried"})
@@ -199,7 +165,7 @@ async def test_mtls_client_certificate(pki: Pki, tls_receiver: ReceiverFactory,
     registry = CollectorRegistry()
     async with queue_at(tmp_path) as queue, running(queue, registry, without) as w:
         await queue.append(numbered(1), count=50)
-        await until(lambda: retryable(registry) >= 2)
+        await wait_until(lambda: retryable(registry, "otlp") >= 2, 10.0)
         assert len(receiver.requests) == 1 and len(queue) == 1  # refused: nothing got through
         assert not await w.shutdown(0.2)
 
@@ -266,7 +232,7 @@ pipeline:
         await forwarder.accept(MetricBatch(tenant="acme", write_request=numbered(7),
                                            series_keys=np.zeros(10, np.uint64),
                                            sample_count=50, received_at=0))
-        await until(lambda: len(points(secure)) == 50 and len(points(plain)) == 50)
+        await wait_until(lambda: len(points(secure)) == 50 and len(points(plain)) == 50, 10.0)
     finally:
         await forwarder.shutdown(grace=1.0)
     assert sorted(points(secure)) == sorted(points(plain))

@@ -8,8 +8,6 @@ retries, logs the reason, and nothing leaves the queue until the configuration i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,15 +20,20 @@ from metrics_pipeline.forwarding import Forwarder
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.platform.config import load_service_config
 from phoenixcp.platform.export import (
-    ExportMetrics,
     ExportResult,
-    ExportWorker,
     RemoteWriteConfig,
     RemoteWriteExporter,
 )
 from phoenixcp.platform.export.sink import CountingSink
-from phoenixcp.platform.queue import DurableQueue, QueueConfig
-from tests.integration._export_support import FAST, Pki, numbered, sample_values
+from tests.integration._coord_support import wait_until
+from tests.integration._export_support import (
+    Pki,
+    numbered,
+    queue_at,
+    retryable,
+    running,
+    sample_values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,39 +69,8 @@ async def https_sink(pki: Pki) -> AsyncIterator[SinkFactory]:
         await sink.stop()
 
 
-@contextlib.asynccontextmanager
-async def queue_at(directory: Path) -> AsyncIterator[DurableQueue]:
-    """The queue in ``directory``; opening it again is a restart (unacknowledged records are
-    handed out again)."""
-    async with DurableQueue(config=QueueConfig(directory=directory, name="rw")) as q:
-        yield q
 
 
-@contextlib.asynccontextmanager
-async def running(queue: DurableQueue, registry: CollectorRegistry,
-                  config: RemoteWriteConfig) -> AsyncIterator[ExportWorker]:
-    """A worker on ``queue``, shut down before the queue closes whatever the test did (one
-    left running on a closed queue would spin)."""
-    w = ExportWorker(queue=queue, exporter=RemoteWriteExporter(config=config), config=FAST,
-                     metrics=ExportMetrics(registry))
-    w.start()
-    try:
-        yield w
-    finally:
-        await w.shutdown(0.2)
-
-
-def retryable(registry: CollectorRegistry) -> float:
-    return registry.get_sample_value("phoenix_export_requests_total",
-                                     {"exporter": "remote-write", "result": "retryable"}) or 0
-
-
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout * 100)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout} s")
 
 
 async def test_with_ca_file_a_batch_is_delivered(pki: Pki, https_sink: SinkFactory,
@@ -125,7 +97,7 @@ async def test_without_ca_file_verification_fails_and_the_records_stay_queued(
     async with queue_at(tmp_path) as queue, running(queue, registry, system_roots) as w:
         for b in range(3):
             await queue.append(numbered(b), count=50)
-        await until(lambda: retryable(registry) >= 3)
+        await wait_until(lambda: retryable(registry, "remote-write") >= 3, 10.0)
         assert len(queue) == 3 and sink.counts.requests == 0
         assert (registry.get_sample_value("phoenix_export_samples_total",
                                           {"exporter": "remote-write", "outcome": "retried"})
@@ -159,7 +131,7 @@ async def test_mtls_client_certificate(pki: Pki, https_sink: SinkFactory,
     without = RemoteWriteConfig(url=sink.url, ca_file=str(pki.ca_file))
     async with queue_at(tmp_path) as queue, running(queue, registry, without) as w:
         await queue.append(numbered(1), count=50)
-        await until(lambda: retryable(registry) >= 2)
+        await wait_until(lambda: retryable(registry, "remote-write") >= 2, 10.0)
         assert sink.counts.requests == 1 and len(queue) == 1  # refused: nothing got through
         assert not await w.shutdown(0.2)
 
@@ -217,6 +189,6 @@ pipeline:
     await forwarder.accept(MetricBatch(tenant="acme", write_request=body,
                                        series_keys=np.zeros(10, np.uint64), sample_count=50,
                                        received_at=0))
-    await until(lambda: sink.counts.samples == 50)
+    await wait_until(lambda: sink.counts.samples == 50, 10.0)
     assert sink.bodies == [body]
     await forwarder.shutdown()
