@@ -23,6 +23,8 @@ from collections.abc import Iterable
 
 import xxhash
 
+from phoenixcp.core.wire import varint as _varint
+
 __all__ = [
     "LABEL_NAME_PATTERN",
     "METRIC_NAME_LABEL",
@@ -82,15 +84,6 @@ def label_name_problem(name: str) -> str | None:
     if name.startswith("__") and name != METRIC_NAME_LABEL:
         return f"label name {name!r} is reserved: names starting with __ are internal"
     return None
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def canonical_label_bytes(labels: Iterable[tuple[str, str]]) -> bytes:

@@ -17,6 +17,7 @@ import struct
 from typing import Any, Protocol
 
 from phoenixcp.core.series import STALE_NAN
+from phoenixcp.core.wire import varint as _varint
 from phoenixcp.platform.ingest.otlp_view import metrics_view
 
 __all__ = ["EXPONENTIAL", "GAUGE", "HISTOGRAM", "NONE", "SUM", "SUMMARY", "Hooks", "convert"]
@@ -60,15 +61,6 @@ class Hooks(Protocol):
     def refused(self, points: int, counts: int, bounds: int) -> None:
         """The metric just walked refused ``points`` histogram points of bad shape; the last
         had ``counts`` bucket counts for ``bounds`` bounds."""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class _Series:

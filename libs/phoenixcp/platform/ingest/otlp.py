@@ -48,6 +48,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from phoenixcp.api.prometheus import remote_pb2, types_pb2
 from phoenixcp.core.batch import MetricBatch
+from phoenixcp.core.wire import varint as _varint
 from phoenixcp.errors import InvalidArgument
 from phoenixcp.platform.ingest import _otlpconvert_py
 from phoenixcp.platform.ingest._otlpconvert_py import (
@@ -96,16 +97,6 @@ class Rejected:
 
     data_points: int = 0
     message: str = ""
-
-
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # int64 as protobuf writes it: two's complement, 10 bytes if < 0
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

@@ -25,21 +25,7 @@ from phoenixcp.api.phoenix.v1 import common_pb2, telemetry_pb2
 from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.policy.window import SeriesColumns
 from phoenixcp.core.series import METRIC_NAME_LABEL
-
-
-def _varint(value: int) -> bytes:
-    """A protobuf varint (negative values as 64-bit two's complement, as int32/enum)."""
-    if 0 <= value < 0x80:
-        return bytes((value,))
-    if 0 <= value < 0x4000:
-        return bytes((value & 0x7F | 0x80, value >> 7))
-    value &= 0xFFFF_FFFF_FFFF_FFFF
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+from phoenixcp.core.wire import varint as _varint
 
 
 def _tag(message: type[Message], name: str, wire_type: int) -> bytes:

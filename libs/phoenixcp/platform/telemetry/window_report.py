@@ -45,6 +45,7 @@ from phoenixcp.core.sketches import (
     hll_of_strings,
     quantile_sketch,
 )
+from phoenixcp.core.wire import varint as _varint
 from phoenixcp.platform.telemetry._report_wire import (
     _LABELS_TAG,
     _METRICS_TAG,
@@ -55,7 +56,6 @@ from phoenixcp.platform.telemetry._report_wire import (
     _field,
     _series_prefix,
     _series_tails,
-    _varint,
 )
 from phoenixcp.platform.telemetry.codec import quantile_sketch_to_proto
 
