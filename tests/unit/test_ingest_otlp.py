@@ -15,10 +15,15 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, M
 from phoenixcp.api.prometheus import remote_pb2
 from phoenixcp.core.batch import MetricType
 from phoenixcp.core.series import series_key
+from phoenixcp.platform.ingest import _otlpconvert_py, otlp
 from phoenixcp.platform.ingest.otlp import Rejected, decode_otlp
 from phoenixcp.platform.ingest.otlp_naming import attribute_labels, label_name, metric_name
 
 pytestmark = pytest.mark.unit
+
+CONVERTERS: dict[str, otlp.Converter] = {"python": _otlpconvert_py.convert}
+if otlp.CONVERTER == "c":
+    CONVERTERS["c"] = otlp._convert
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
@@ -155,6 +160,32 @@ def test_histogram_bounds_without_counts_are_refused() -> None:
         (("__name__", "c_bucket"), ("le", "+Inf")): [3.0], (("__name__", "c_count"),): [3.0],
         (("__name__", "c_sum"),): [1.5]}
     assert batch.sample_count == 3
+
+
+@pytest.mark.parametrize(("bounds", "got"), [
+    ([2.0, 1.0], "got 1 after 2 at index 1"),
+    ([0.5, 1.0, 1.0], "got 1 after 1 at index 2"),
+    ([float("nan"), 1.0], "got NaN at index 0"),
+    ([1.0, float("inf"), float("nan")], "got NaN at index 2"),
+])
+@pytest.mark.parametrize("converter", sorted(CONVERTERS))
+def test_histogram_bounds_not_increasing_are_refused_saying_so(
+        bounds: list[float], got: str, converter: str) -> None:
+    """The message names the bounds, not the bucket counts, which fit; a point of the same
+    metric whose counts do not fit gets its own reason."""
+    hist = Metric(name="h")
+    hist.histogram.aggregation_temporality = CUMULATIVE
+    hist.histogram.data_points.add(time_unix_nano=T_NS, count=3, explicit_bounds=bounds,
+                                   bucket_counts=[1] * (len(bounds) + 1))
+    hist.histogram.data_points.add(time_unix_nano=T_NS, count=3, explicit_bounds=[1, 2],
+                                   bucket_counts=[3])
+    _, rejected = decode_otlp(export(hist, resource={}), tenant="t",
+                              converter=CONVERTERS[converter])
+    assert rejected == Rejected(2, (
+        "2 data points rejected: metric 'h': histogram explicit_bounds must be strictly "
+        f"increasing and not NaN; {got} (1 points); metric 'h': histogram has 1 bucket "
+        "counts for 2 bounds (send bounds + 1 bucket counts, or neither bounds nor bucket "
+        "counts for count and sum only) (1 points)"))
 
 
 def test_summary_quantiles() -> None:

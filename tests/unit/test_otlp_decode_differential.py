@@ -6,6 +6,7 @@ are checked against each other only."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -30,8 +31,12 @@ if otlp.CONVERTER == "c":
 
 
 def outcomes(req: ExportMetricsServiceRequest) -> dict[str, Any]:
-    """Per converter, what decode_otlp gave; and the oracle's, under "oracle"."""
+    """Per converter, what decode_otlp gave; and the oracle's, under "oracle", its refusal of
+    bucket counts that do not fit their bounds worded as now."""
     out = {"oracle": corpus.outcome(oracle.decode_otlp, req)}
+    out["oracle"]["message"] = out["oracle"]["message"].replace(
+        "(needs bounds + 1, bounds increasing)", "(send bounds + 1 bucket counts, or neither "
+        "bounds nor bucket counts for count and sum only)")
     for name, converter in CONVERTERS.items():
         out[name] = corpus.outcome(
             lambda r, c=converter, **kw: decode_otlp(r, converter=c, **kw), req)
@@ -39,12 +44,14 @@ def outcomes(req: ExportMetricsServiceRequest) -> dict[str, Any]:
 
 def fixed_since_the_oracle(req: ExportMetricsServiceRequest) -> bool:
     """Whether ``req`` has a histogram point the oracle got wrong, kept as it was: bounds
-    without bucket counts (it raised ValueError; now a refused point) and a +Inf or NaN bound
+    without bucket counts (it raised ValueError; now a refused point), a +Inf or NaN bound
     (it wrote two le="+Inf" samples or an le="NaN" bucket; now the +Inf bound is dropped and
-    a NaN bound refused). ADR 0013."""
+    a NaN bound refused), and bounds not increasing (it blamed the bucket counts, for every
+    refused point of the metric; now the bounds are named). ADR 0013."""
     return any(
         (p.explicit_bounds and not p.bucket_counts)
         or any(b != b or b == INF for b in p.explicit_bounds)
+        or any(not b < c for b, c in pairwise(p.explicit_bounds))
         for rm in req.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
         for p in m.histogram.data_points)
 

@@ -5,8 +5,9 @@ _otlp_corpus.py: the benchmark's first round and hand-written edge cases), the W
 bytes' SHA-256 (and hex when small), sample and series counts, and the partial success. It
 was written by the implementation before commit "otlp decode: ..." (the per-point Python
 loop over upb messages), except ``histograms`` and ``histogram_bounds``, rewritten when
-histogram bounds without counts became a refusal and an explicit +Inf bound one bucket (ADR
-0013). Regenerate it only when the output is meant to change, and then only those entries:
+histogram bounds without counts became a refusal and an explicit +Inf bound one bucket, and
+when refused bounds got a message of their own (ADR 0013). Regenerate it only when the
+output is meant to change, and then only those entries:
 
     .venv/bin/python -m tests.unit.test_otlp_decode_golden --write
 """

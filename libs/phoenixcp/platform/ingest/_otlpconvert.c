@@ -398,11 +398,17 @@ static int add_base(State *s, Label *base, Py_ssize_t n_base, Py_ssize_t *n) {
 
 /* ---------------------------------------------------------------- data points */
 
+/* Why a histogram point was refused: its bounds (the bounds() answer was ()), or bucket
+   counts that do not fit its bounds. Reported in this order (refused()). */
+enum { BAD_BOUNDS, BAD_COUNTS };
+
 typedef struct {
     PyObject *names[3];  /* borrowed from the metric() answer */
     Label *base;
     Py_ssize_t n_base;
-    Py_ssize_t refused, last_counts, last_bounds;
+    /* per reason: points refused; the last one's bucket counts and bounds (owned bytes) */
+    Py_ssize_t refused[2], last_counts[2];
+    PyObject *last_bounds[2];
 } Metric;
 
 static int number_point(State *s, Metric *m, const uint8_t *p, const uint8_t *end) {
@@ -469,8 +475,8 @@ static int histogram_point(State *s, Metric *m, const uint8_t *p, const uint8_t 
         }
         Py_DECREF(les);
     }
-    Py_DECREF(key);
     if (!PyTuple_Check(les)) {
+        Py_DECREF(key);
         PyErr_SetString(PyExc_TypeError, "bounds() must return a tuple");
         return -1;
     }
@@ -478,11 +484,15 @@ static int histogram_point(State *s, Metric *m, const uint8_t *p, const uint8_t 
     /* OTLP allows bounds and counts together (counts = bounds + 1) or neither (count and sum
        only); bounds without counts, or counts that do not fit, refuse the point. */
     if (n_les == 0 || ((n_counts || n_bounds) && n_counts != n_bounds + 1)) {
-        m->refused++;
-        m->last_counts = n_counts;
-        m->last_bounds = n_bounds;
+        int why = n_les == 0 ? BAD_BOUNDS : BAD_COUNTS;
+        PyObject *old = m->last_bounds[why];
+        m->refused[why]++;
+        m->last_counts[why] = n_counts;
+        m->last_bounds[why] = key;  /* takes the reference */
+        Py_XDECREF(old);
         return 0;
     }
+    Py_DECREF(key);
     /* One le label per bound and +Inf; or one fewer when the last bound is +Inf itself, and
        then the +Inf bucket also takes the count past that bound. */
     if (n_les != n_bounds + 1 && !(n_bounds && n_les == n_bounds)) {
@@ -649,7 +659,7 @@ static int metric(State *s, const uint8_t *p, const uint8_t *end, Label *base,
         PyErr_SetString(PyExc_TypeError, "metric() must return None or a tuple of names");
         return -1;
     }
-    Metric m = {{NULL, NULL, NULL}, base, n_base, 0, 0, 0};
+    Metric m = {{NULL, NULL, NULL}, base, n_base, {0, 0}, {0, 0}, {NULL, NULL}};
     for (Py_ssize_t i = 0; i < want; i++) {
         m.names[i] = PyTuple_GET_ITEM(answer, i);
         if (!PyBytes_Check(m.names[i])) {
@@ -669,14 +679,17 @@ static int metric(State *s, const uint8_t *p, const uint8_t *end, Label *base,
     }
     PyMem_Free(bounds.p);
     PyMem_Free(counts.p);
-    if (rc < 0 || r < 0) return -1;
-    if (m.refused) {
-        PyObject *done = PyObject_CallMethod(s->hooks, "refused", "nnn", m.refused,
-                                             m.last_counts, m.last_bounds);
-        if (!done) return -1;
-        Py_DECREF(done);
+    if (rc == 0 && r < 0) rc = -1;
+    for (int why = BAD_BOUNDS; rc == 0 && why <= BAD_COUNTS; why++) {
+        if (!m.refused[why]) continue;
+        PyObject *done = PyObject_CallMethod(s->hooks, "refused", "nnO", m.refused[why],
+                                             m.last_counts[why], m.last_bounds[why]);
+        if (!done) rc = -1;
+        Py_XDECREF(done);
     }
-    return 0;
+    Py_XDECREF(m.last_bounds[BAD_BOUNDS]);
+    Py_XDECREF(m.last_bounds[BAD_COUNTS]);
+    return rc;
 }
 
 static int resource_metrics(State *s, const uint8_t *p, const uint8_t *end) {

@@ -8,7 +8,8 @@ module only walks data points, merges labels (data point attributes, then the re
 labels, then the slot labels ``__name__``, ``le``, ``quantile`` override by name), sorts them
 by name and writes bytes. A label is ``(name as UTF-8, its encoded TimeSeries.labels entry)``.
 A histogram point has bounds and one more bucket count, or neither (then its ``le="+Inf"``
-bucket is its count); other shapes are refused (``Hooks.refused``).
+bucket is its count); other shapes, and bounds ``Hooks.bounds`` refuses, are refused
+(``Hooks.refused``, once per reason and metric).
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ class Hooks(Protocol):
     def quantile(self, quantile: float) -> bytes:
         """The ``quantile`` label of a summary quantile."""
 
-    def refused(self, points: int, counts: int, bounds: int) -> None:
-        """The metric just walked refused ``points`` histogram points of bad shape; the last
-        had ``counts`` bucket counts for ``bounds`` bounds."""
+    def refused(self, points: int, counts: int, bounds: bytes) -> None:
+        """The metric just walked refused ``points`` histogram points for one reason; the last
+        of them had ``counts`` bucket counts and ``bounds`` (native doubles). Called after
+        the metric's points, at most twice: first for the points whose ``bounds()`` answer
+        was (), then for those whose bucket counts do not fit their bounds."""
 
 
 class _Series:
@@ -114,7 +117,8 @@ def convert(data: bytes, hooks: Hooks) -> bytes:
                     len(body.data_points) if body is not None else 0)
                 if names is None or body is None:
                     continue
-                refused = last_counts = last_bounds = 0
+                # refused points per reason, with the last one's counts and bounds
+                bad_bounds = bad_counts = (0, 0, b"")
                 for p in body.data_points:
                     labels = {**_attributes(hooks, known, p.attributes), **base}
                     stale = p.flags & _NO_RECORDED_VALUE
@@ -133,11 +137,12 @@ def convert(data: bytes, hooks: Hooks) -> bytes:
                         key = struct.pack(f"={len(bounds)}d", *bounds)
                         if key not in les:
                             les[key] = hooks.bounds(key)
+                        if not les[key]:
+                            bad_bounds = (bad_bounds[0] + 1, len(counts), key)
+                            continue
                         # bounds and counts (one more), or neither; anything else refused
-                        if not les[key] or (
-                                (counts or bounds) and len(counts) != len(bounds) + 1):
-                            refused, last_counts, last_bounds = (
-                                refused + 1, len(counts), len(bounds))
+                        if (counts or bounds) and len(counts) != len(bounds) + 1:
+                            bad_counts = (bad_counts[0] + 1, len(counts), key)
                             continue
                         *finite, inf = les[key]
                         running = 0
@@ -162,6 +167,7 @@ def convert(data: bytes, hooks: Hooks) -> bytes:
                         out.add({**labels, _NAME: names[1]}, _STALE_NAN if stale else p.sum, t)
                         out.add({**labels, _NAME: names[2]},
                                 _STALE_NAN if stale else float(p.count), t)
-                if refused:
-                    hooks.refused(refused, last_counts, last_bounds)
+                for points, last_counts, last_bounds in (bad_bounds, bad_counts):
+                    if points:
+                        hooks.refused(points, last_counts, last_bounds)
     return out.entries()

@@ -35,7 +35,6 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -174,15 +173,21 @@ class _Translation:
             return tuple(self.pair("__name__", family + s) for s in ("", "_sum", "_count"))
         return (self.pair("__name__", family),)
 
-    def refused(self, points: int, counts: int, bounds: int) -> None:
-        if counts:
-            self._refuse(points, f"metric {self._metric!r}: histogram has {counts} bucket "
-                                 f"counts for {bounds} bounds (needs bounds + 1, bounds "
-                                 "increasing)")
+    def refused(self, points: int, counts: int, bounds: bytes) -> None:
+        metric = f"metric {self._metric!r}: histogram"
+        problem = _bounds_problem(array("d", bounds))
+        n = len(bounds) // 8
+        if problem:
+            self._refuse(points, f"{metric} explicit_bounds must be strictly increasing and "
+                                 f"not NaN; got {problem}")
+        elif counts:
+            self._refuse(points, f"{metric} has {counts} bucket counts for {n} bounds (send "
+                                 "bounds + 1 bucket counts, or neither bounds nor bucket "
+                                 "counts for count and sum only)")
         else:
-            self._refuse(points, f"metric {self._metric!r}: histogram has {bounds} bounds but "
-                                 "no bucket counts (send bounds + 1 bucket counts, or neither "
-                                 "bounds nor bucket counts for count and sum only)")
+            self._refuse(points, f"{metric} has {n} bounds but no bucket counts (send "
+                                 "bounds + 1 bucket counts, or neither bounds nor bucket "
+                                 "counts for count and sum only)")
 
     def attribute(self, data: bytes) -> Label | None:
         kv = KeyValue.FromString(data)
@@ -197,8 +202,8 @@ class _Translation:
 
     def bounds(self, packed: bytes) -> tuple[bytes, ...]:
         bounds = array("d", packed)
-        if any(not b < c for b, c in pairwise(bounds)) or any(b != b for b in bounds):
-            return ()  # not strictly increasing, or NaN
+        if _bounds_problem(bounds):
+            return ()
         if bounds and bounds[-1] == _INF:
             # The bucket past an explicit +Inf bound is empty by definition (SDKs that take
             # +Inf as a boundary send it): one le="+Inf" bucket, taking every count.
@@ -216,6 +221,17 @@ class _Translation:
                 type=kind, metric_family_name=name, help=help_text,
                 unit=f"{main}_per_{per}" if per else main,
             )
+
+
+def _bounds_problem(bounds: array[float]) -> str:
+    """What makes ``bounds`` unusable (the first NaN, or the first bound not above the one
+    before it), or "" when they are strictly increasing."""
+    for i, bound in enumerate(bounds):
+        if bound != bound:
+            return f"NaN at index {i}"
+        if i and not bounds[i - 1] < bound:
+            return f"{_le(bound)} after {_le(bounds[i - 1])} at index {i}"
+    return ""
 
 
 def _le(bound: float) -> str:
