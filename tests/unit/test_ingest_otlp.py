@@ -143,6 +143,22 @@ def test_an_explicit_inf_bound_gives_one_inf_bucket() -> None:
     assert buckets == {"1": [5.0], "2": [7.0], "+Inf": [10.0]}
 
 
+@pytest.mark.parametrize("converter", sorted(CONVERTERS))
+def test_a_minus_inf_bound_is_spelled_as_prometheus_does(converter: str) -> None:
+    """``le="-Inf"``, as Prometheus writes it (and ``+Inf``); numpy would write ``-inf``."""
+    hist = Metric(name="temperature.delta", unit="Cel")
+    hist.histogram.aggregation_temporality = CUMULATIVE
+    hist.histogram.data_points.add(time_unix_nano=T_NS, count=6,
+                                   explicit_bounds=[float("-inf"), -0.5, 0, 1e-7],
+                                   bucket_counts=[1, 1, 1, 1, 2])
+    batch, rejected = decode_otlp(export(hist, resource={}), tenant="t",
+                                  converter=CONVERTERS[converter])
+    assert rejected == Rejected()
+    les = [label.value for series in remote_pb2.WriteRequest.FromString(
+        batch.write_request).timeseries for label in series.labels if label.name == "le"]
+    assert les == ["-Inf", "-0.5", "0", "0.0000001", "+Inf"]
+
+
 def test_histogram_bounds_without_counts_are_refused() -> None:
     """OTLP allows bounds with one more bucket count, or neither (count and sum only)."""
     bad = Metric(name="h")

@@ -235,6 +235,12 @@ def _bounds_problem(bounds: array[float]) -> str:
 
 
 def _le(bound: float) -> str:
+    """A bound (or quantile) as a label value: infinities and NaN as Prometheus writes them
+    (``+Inf``, ``-Inf``, ``NaN``), finite values positional and as short as round-trips."""
+    if bound != bound:
+        return "NaN"
+    if bound in (_INF, -_INF):
+        return "+Inf" if bound > 0 else "-Inf"
     return str(np.format_float_positional(bound, trim="-"))
 
 
