@@ -20,18 +20,16 @@ from datetime import timedelta
 from time import monotonic_ns
 from typing import Any
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceResponse,
-)
-
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.errors import InvalidArgument, ResourceExhausted
 from phoenixcp.platform.http import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from phoenixcp.platform.ingest import (
     TENANT_HEADER,
+    Rejected,
     decode_otlp_http,
     decode_remote_write,
+    export_response,
     resolve_tenant,
 )
 
@@ -42,7 +40,7 @@ Decode = Callable[[HttpRequest, str], tuple[MetricBatch, HttpResponse]]
 
 PROTOBUF = "application/x-protobuf"
 _NO_CONTENT = HttpResponse(204)
-_OTLP_ALL_ACCEPTED = HttpResponse(200, ExportMetricsServiceResponse().SerializeToString(),
+_OTLP_ALL_ACCEPTED = HttpResponse(200, export_response(Rejected()).SerializeToString(),
                                   content_type=PROTOBUF)
 
 
@@ -97,10 +95,8 @@ class HttpIngest:
         if not rejected.data_points:
             return batch, _OTLP_ALL_ACCEPTED
         self._child(self._metrics.rejected, "otlp_http", "partial").inc(rejected.data_points)
-        reply = ExportMetricsServiceResponse()
-        reply.partial_success.rejected_data_points = rejected.data_points
-        reply.partial_success.error_message = rejected.message
-        return batch, HttpResponse(200, reply.SerializeToString(), content_type=PROTOBUF)
+        return batch, HttpResponse(200, export_response(rejected).SerializeToString(),
+                                   content_type=PROTOBUF)
 
     async def _receive(self, receiver: str, decode: Decode, request: HttpRequest) -> HttpResponse:
         m, child = self._metrics, self._child

@@ -28,7 +28,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.errors import InvalidArgument, ResourceExhausted
-from phoenixcp.platform.ingest import TENANT_METADATA_KEY, decode_otlp, resolve_tenant
+from phoenixcp.platform.ingest import (
+    TENANT_METADATA_KEY,
+    decode_otlp,
+    export_response,
+    resolve_tenant,
+)
 
 __all__ = ["OtlpIngest"]
 
@@ -67,11 +72,9 @@ class OtlpMetricsServicer:
                 m.requests.labels(RECEIVER, "invalid").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             m.received.labels(RECEIVER).inc(batch.sample_count + rejected.data_points)
-            reply = ExportMetricsServiceResponse()
+            reply = export_response(rejected)
             if rejected.data_points:
                 m.rejected.labels(RECEIVER, "partial").inc(rejected.data_points)
-                reply.partial_success.rejected_data_points = rejected.data_points
-                reply.partial_success.error_message = rejected.message
             if batch.sample_count:
                 try:
                     await self._accept(batch)

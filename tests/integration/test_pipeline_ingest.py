@@ -213,6 +213,14 @@ async def test_otlp_http_accepts_protobuf_and_refuses_what_it_cannot_store(
         status, _, text = await post(url, b"{}", encoding=None,
                                      headers={"Content-Type": "application/json"})
         assert status == 415 and b"protobuf" in text, text
+        # the body goes to the converter as bytes, as the gRPC request does: same message
+        bad_utf8 = request.SerializeToString().replace(b"/pay", b"/pa\xff")
+        for bad in (b"\x0a\x05\x0a\x03\x0a\x01", bad_utf8):  # truncated; bad UTF-8
+            status, _, text = await post(url, gzip.compress(bad), encoding="gzip")
+            assert status == 400, text
+            assert text.startswith(
+                b"the request is not a valid OTLP ExportMetricsServiceRequest: "), text
+        assert b"bad UTF-8" in text, text
         await asyncio.sleep(1.5)
         assert sink.counts.samples == 1  # nothing more arrived
     finally:

@@ -14,6 +14,7 @@ output is meant to change, and then only those entries:
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -83,17 +84,51 @@ def test_the_serialized_request_decodes_as_the_parsed_one(golden: dict[str, dict
         assert otlp_corpus.outcome(decode, req) == golden[name], name
 
 
-def test_non_utf8_is_refused_as_before() -> None:
-    """An OTLP string with bad UTF-8 never reaches decode_otlp: the parse refuses it (gRPC's
-    deserializer; OTLP/HTTP answers 400 with this message)."""
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_otlp_http_bodies_decode_as_grpc_requests(golden: dict[str, dict[str, Any]],
+                                                  gzipped: bool) -> None:
+    """OTLP/HTTP hands the (inflated) body to decode_otlp as the gRPC receiver hands it the
+    request: the same batch and partial success."""
+    def decode(req: ExportMetricsServiceRequest, **kw: Any) -> Any:
+        body = req.SerializeToString()
+        return decode_otlp_http(gzip.compress(body) if gzipped else body,
+                                content_type="application/x-protobuf",
+                                content_encoding="gzip" if gzipped else None, **kw)
+
+    for name, req in corpus().items():
+        assert otlp_corpus.outcome(decode, req) == golden[name], name
+
+
+@pytest.mark.parametrize("body", [
+    b"\x0a\x05\x0a\x03\x0a\x01",  # truncated
+    b"\x0f",  # a wire type protobuf does not have
+    otlp_corpus.request(otlp_corpus.gauge("g", (1.0, [("k", "v")]))).SerializeToString()
+    .replace(b"\x01v", b"\x01\xff"),  # an attribute value that is not UTF-8
+    otlp_corpus.request(otlp_corpus.gauge("g", (1.0, []))).SerializeToString()
+    .replace(b"\x01g", b"\x01\xff"),  # a metric name that is not UTF-8
+])
+def test_otlp_http_refuses_what_grpc_refuses_with_the_same_message(body: bytes) -> None:
+    """OTLP/HTTP answers 400 with this message, OTLP/gRPC INVALID_ARGUMENT with it."""
+    with pytest.raises(InvalidArgument) as by_grpc:
+        decode_otlp(body, tenant="t")
+    with pytest.raises(InvalidArgument) as by_http:
+        decode_otlp_http(body, tenant="t", content_type="application/x-protobuf")
+    assert str(by_http.value) == str(by_grpc.value)
+    assert str(by_http.value).startswith(
+        "the request is not a valid OTLP ExportMetricsServiceRequest: ")
+    assert by_http.value.field is None  # 400, not 415
+
+
+def test_non_utf8_is_refused() -> None:
+    """An attribute value with bad UTF-8 refuses the request, naming the problem and where
+    (OTLP/HTTP 400, OTLP/gRPC INVALID_ARGUMENT)."""
     req = otlp_corpus.request(otlp_corpus.gauge("g", (1.0, [("k", "v")])))
     body = req.SerializeToString().replace(b"\x01v", b"\x01\xff")
     with pytest.raises(InvalidArgument) as caught:
         decode_otlp_http(body, tenant="t", content_type="application/x-protobuf")
     assert str(caught.value) == (
-        "the body is not a valid OTLP ExportMetricsServiceRequest: Error parsing message with "
-        "type 'opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest': String "
-        "field had bad UTF-8")
+        "the request is not a valid OTLP ExportMetricsServiceRequest: Error parsing message "
+        "with type 'opentelemetry.proto.common.v1.KeyValue': String field had bad UTF-8")
 
 
 @pytest.mark.parametrize("converter", sorted(CONVERTERS))

@@ -8,7 +8,7 @@ The HTTP/1.1 server those receivers run on is :mod:`phoenixcp.platform.http` (AD
 """
 
 from phoenixcp.platform.ingest.columns import decode_columns
-from phoenixcp.platform.ingest.otlp import Rejected, decode_otlp
+from phoenixcp.platform.ingest.otlp import Rejected, decode_otlp, export_response
 from phoenixcp.platform.ingest.otlp_http import decode_otlp_http
 from phoenixcp.platform.ingest.remote_write import (
     DEFAULT_MAX_BYTES,
@@ -35,6 +35,7 @@ __all__ = [
     "decode_otlp",
     "decode_otlp_http",
     "decode_remote_write",
+    "export_response",
     "resolve_tenant",
     "validate_tenant",
     "validate_write_request",

@@ -21,8 +21,9 @@ neither bounds nor counts) or whose bounds are not strictly increasing (NaN incl
 metrics with no data. An explicit ``+Inf`` last bound (some SDKs send one) is dropped: its
 bucket and the one past it (empty by definition) are the one ``le="+Inf"`` bucket.
 
-How it is fast: the request is serialized once more and walked by ``_otlpconvert`` (C, ADR
-0013; ``_otlpconvert_py`` is its pure-Python twin), which writes the series bytes itself and
+How it is fast: the request's bytes, as both receivers (OTLP/gRPC, OTLP/HTTP) get them, are
+walked by ``_otlpconvert`` (C, ADR 0013; ``_otlpconvert_py`` is its pure-Python twin) in
+place of a protobuf parse; it writes the series bytes itself and
 asks this module (a :class:`_Translation`) each naming question once per request: a
 resource's labels, a metric's names, one serialized attribute's label, a bounds list's ``le``
 labels. Every decision of the specification above is made here, in Python.
@@ -40,6 +41,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -68,7 +70,7 @@ from phoenixcp.platform.ingest.otlp_naming import (
 )
 from phoenixcp.platform.ingest.remote_write import batch_from_scan, validate_write_request
 
-__all__ = ["CONVERTER", "Rejected", "decode_otlp"]
+__all__ = ["CONVERTER", "Rejected", "decode_otlp", "export_response"]
 
 Converter = Callable[[bytes, Hooks], bytes]
 """``_otlpconvert.convert``'s contract (see ``_otlpconvert_py``)."""
@@ -248,8 +250,9 @@ def decode_otlp(
     request: ExportMetricsServiceRequest | bytes, *, tenant: str,
     received_at: int | None = None, converter: Converter | None = None,
 ) -> tuple[MetricBatch, Rejected]:
-    """Translate an OTLP export, parsed or as its serialized bytes (what gRPC receives), into
-    a batch, and what was refused (partial success).
+    """Translate an OTLP export, as its serialized bytes (what both receivers hand over:
+    gRPC's request, the HTTP body once inflated) or parsed, into a batch, and what was
+    refused (partial success).
 
     Never raises for bad points: they are counted in :class:`Rejected`. Bytes that are not an
     ``ExportMetricsServiceRequest`` raise :class:`InvalidArgument`: the converter walks them
@@ -276,3 +279,13 @@ def decode_otlp(
     more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
     return batch, Rejected(t.refused_points,
                            f"{t.refused_points} data points rejected: {detail}{more}")
+
+
+def export_response(rejected: Rejected) -> ExportMetricsServiceResponse:
+    """OTLP's answer to an export of which ``rejected`` was refused (empty when nothing was):
+    the reply of both receivers, gRPC's message and the OTLP/HTTP body serialized."""
+    reply = ExportMetricsServiceResponse()
+    if rejected.data_points:
+        reply.partial_success.rejected_data_points = rejected.data_points
+        reply.partial_success.error_message = rejected.message
+    return reply

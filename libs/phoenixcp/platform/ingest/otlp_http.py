@@ -5,16 +5,16 @@ Only binary protobuf (``Content-Type: application/x-protobuf``) is served; JSON
 server answers with 415. ``Content-Encoding: gzip`` is inflated with zlib's streaming API and
 a hard output bound (``max_bytes``), so a gzip bomb is refused after at most ``max_bytes`` of
 output; cramjam cannot bound its output, hence zlib (also C) here.
+
+The body, inflated, goes to :func:`~phoenixcp.platform.ingest.otlp.decode_otlp` as bytes, as
+OTLP/gRPC's request does: no protobuf parse, and one decoder with the same answers for both
+receivers (bytes that are not a request: InvalidArgument, "the request is not a valid OTLP
+ExportMetricsServiceRequest: ...").
 """
 
 from __future__ import annotations
 
 import zlib
-
-from google.protobuf.message import DecodeError
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
 
 from phoenixcp.core.batch import MetricBatch
 from phoenixcp.errors import InvalidArgument
@@ -77,10 +77,4 @@ def decode_otlp_http(
             f"Content-Encoding {content_encoding!r} is not supported; use gzip or none",
             field="Content-Encoding",
         )
-    try:
-        request = ExportMetricsServiceRequest.FromString(body)
-    except DecodeError as exc:
-        raise InvalidArgument(
-            f"the body is not a valid OTLP ExportMetricsServiceRequest: {exc}"
-        ) from None
-    return decode_otlp(request, tenant=tenant, received_at=received_at)
+    return decode_otlp(body, tenant=tenant, received_at=received_at)
