@@ -37,13 +37,15 @@ log = logging.getLogger(__name__)
 _SEGMENT_BYTES = 16 * 1024 * 1024
 
 
-def _exporter(config: ExporterConfig) -> Exporter:
+def _exporter(config: ExporterConfig, worker: ExportWorkerConfig) -> Exporter:
     if config.type == "otlp":
         return OtlpExporter(config=OtlpExporterConfig(
             target=config.endpoint, name=config.name, timeout=config.timeout,
             tenant_header=config.tenant_header, insecure=config.insecure,
             ca_file=config.ca_file, cert_file=config.cert_file, key_file=config.key_file,
-            server_name=config.server_name))
+            server_name=config.server_name,
+            # gRPC reconnects as often as the worker retries, not up to 2 minutes later
+            reconnect_backoff_max=worker.backoff_max))
     return RemoteWriteExporter(config=RemoteWriteConfig(
         url=config.endpoint, name=config.name, timeout=config.timeout,
         tenant_header=config.tenant_header, ca_file=config.ca_file,
@@ -73,12 +75,12 @@ class Forwarder:
                 # Small queues get small segments, so space frees up as records are sent.
                 segment_bytes=min(_SEGMENT_BYTES, config.queue_max_bytes // 4),
             ), metrics=queue_metrics)
+            worker_config = ExportWorkerConfig(
+                max_samples=exporter.max_batch_samples, concurrency=exporter.concurrency,
+                flush_interval=exporter.flush_interval, snappy_payloads=True)
             worker = ExportWorker(
-                queue=queue, exporter=_exporter(exporter), metrics=export_metrics,
-                config=ExportWorkerConfig(
-                    max_samples=exporter.max_batch_samples, concurrency=exporter.concurrency,
-                    flush_interval=exporter.flush_interval, snappy_payloads=True),
-            )
+                queue=queue, exporter=_exporter(exporter, worker_config),
+                metrics=export_metrics, config=worker_config)
             self._routes.append(_Route(exporter, queue, worker))
         self._closed = False
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import grpc
@@ -23,6 +26,7 @@ from phoenixcp.platform.export import (
     OtlpExporterConfig,
 )
 from phoenixcp.platform.queue import DurableQueue, QueueConfig
+from tests.integration._coord_support import wait_until
 from tests.integration._export_support import MetricType, numbered, write_request
 
 pytestmark = pytest.mark.integration
@@ -45,14 +49,21 @@ class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+async def serve(port: int = 0) -> tuple[grpc.aio.Server, Receiver, int]:
+    """A started receiver on ``port`` of 127.0.0.1 (0: a free one)."""
     server = grpc.aio.server()
     servicer = Receiver()
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
         servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    assert bound, f"cannot listen on 127.0.0.1:{port}"
     await server.start()
+    return server, servicer, bound
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    server, servicer, port = await serve()
     yield servicer, f"127.0.0.1:{port}"
     await server.stop(0)
 
@@ -131,3 +142,48 @@ async def test_worker_delivers_every_point_over_otlp(tmp_path: Path,
     points = [p.as_double for r in servicer.requests for m in metrics_by_name(r).values()
               for p in m.gauge.data_points]
     assert len(points) == 500 and not any(math.isnan(p) for p in points)
+
+
+async def test_delivery_resumes_within_backoff_max_after_a_long_outage(tmp_path: Path) -> None:
+    """gRPC waits between connection attempts (1 s growing 1.6x up to 2 min by default) and
+    exports fail at once meanwhile, whatever the worker's retry period. With the reconnect
+    backoff capped at the worker's backoff_max, the exporter tries at least every
+    backoff_max (+20% jitter) through an outage of many periods, and delivers within about
+    backoff_max of the receiver's return on the same port. During the outage a listener
+    accepts and closes each connection, so the attempts can be timed; uncapped, the gaps
+    would reach 1.6 s and 2.6 s within these 5 s."""
+    backoff_max = timedelta(milliseconds=500)
+    server, _, port = await serve()
+    exporter = OtlpExporter(config=OtlpExporterConfig(
+        target=f"127.0.0.1:{port}", timeout=timedelta(seconds=2),
+        reconnect_backoff_max=backoff_max))
+    async with DurableQueue(config=QueueConfig(directory=tmp_path, name="otlp")) as queue:
+        worker = ExportWorker(queue=queue, exporter=exporter, config=ExportWorkerConfig(
+            flush_interval=timedelta(milliseconds=20), backoff_initial=timedelta(
+                milliseconds=50), backoff_max=backoff_max))
+        worker.start()
+        try:
+            await queue.append(numbered(0), count=50)
+            assert await worker.force_flush(5)  # connected once
+            await server.stop(0)
+            attempts: list[float] = []
+
+            def refuse(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                attempts.append(time.monotonic())
+                writer.close()
+
+            outage = await asyncio.start_server(refuse, "127.0.0.1", port)
+            began = time.monotonic()
+            await queue.append(numbered(1), count=50)
+            await asyncio.sleep(5)
+            outage.close()
+            await outage.wait_closed()
+            ended = time.monotonic()
+            server, servicer, _ = await serve(port)
+            gaps = [b - a for a, b in pairwise([began, *attempts, ended])]
+            assert max(gaps) < 1.2, f"connection attempts {max(gaps):.2f}s apart: {gaps}"
+            resumed = await wait_until(lambda: bool(servicer.requests), timeout=10)
+            assert resumed < backoff_max.total_seconds() + 1.5, f"delivered after {resumed:.2f}s"
+        finally:
+            await worker.shutdown(2)
+            await server.stop(0)

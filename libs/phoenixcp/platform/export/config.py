@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Final
 
 from phoenixcp.errors import ConfigError
 from phoenixcp.platform.client_tls import (
@@ -14,6 +15,10 @@ from phoenixcp.platform.client_tls import (
 from phoenixcp.platform.config_loader import FieldInvalid
 
 __all__ = ["ExportWorkerConfig", "OtlpExporterConfig", "RemoteWriteConfig"]
+
+#: The export worker's longest wait between retries, and so an OTLP exporter's longest
+#: reconnect backoff, unless configured.
+_BACKOFF_MAX: Final = timedelta(seconds=30)
 
 
 def _positive(prefix: str, obj: object, *keys: str) -> None:
@@ -84,11 +89,16 @@ class OtlpExporterConfig:
     #: Send the tenant as ``x-scope-orgid`` gRPC metadata.
     tenant_header: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    #: gRPC's reconnect backoff grows no further than this (gRPC's own limit is 2 minutes).
+    #: Set it to the export worker's ``backoff_max``: exports fail at once while gRPC waits
+    #: to reconnect, so a receiver that is back is reached about as soon as the worker
+    #: retries, not up to 2 minutes later.
+    reconnect_backoff_max: timedelta = _BACKOFF_MAX
 
     def __post_init__(self) -> None:
         if ":" not in self.target:
             raise ConfigError(f"export.target: {self.target!r} is not HOST:PORT", key="target")
-        _positive("export", self, "timeout")
+        _positive("export", self, "timeout", "reconnect_backoff_max")
         try:
             check_grpc_client_tls(self)
         except FieldInvalid as exc:
@@ -114,7 +124,7 @@ class ExportWorkerConfig:
     concurrency: int = 4
     #: Retry backoff: exponential from ``backoff_initial`` up to ``backoff_max``, plus jitter.
     backoff_initial: timedelta = timedelta(milliseconds=100)
-    backoff_max: timedelta = timedelta(seconds=30)
+    backoff_max: timedelta = _BACKOFF_MAX
     #: Queue records are snappy-compressed WriteRequests: a batch is the records' snappy blocks
     #: joined (``snappy_blocks``), never decompressed and compressed again.
     snappy_payloads: bool = False

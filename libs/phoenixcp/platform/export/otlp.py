@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import timedelta
 from typing import Final
 
 import cramjam
@@ -28,6 +29,10 @@ _REASON_CHARS: Final = 512
 _VERIFY_FAILED: Final = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 #: gRPC core reads its default CA roots from this file instead of grpcio's bundled ones.
 _ROOTS_ENV: Final = "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"
+#: gRPC's defaults for its first reconnect backoff and for the least time it gives one
+#: connection attempt (TCP, TLS and HTTP/2 handshakes), kept unless the backoff cap is lower.
+_INITIAL_RECONNECT: Final = timedelta(seconds=1)
+_CONNECT_TIMEOUT: Final = timedelta(seconds=20)
 
 
 class OtlpExporter:
@@ -67,11 +72,12 @@ class OtlpExporter:
     def _client(self) -> metrics_service_pb2_grpc.MetricsServiceStub:
         if self._stub is None:
             cfg = self._config
+            options = _reconnect_options(cfg.reconnect_backoff_max)
             if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(cfg.target)
+                self._channel = grpc.aio.insecure_channel(cfg.target, options=options)
             else:
-                options = [] if cfg.server_name is None else [
-                    ("grpc.ssl_target_name_override", cfg.server_name)]
+                if cfg.server_name is not None:
+                    options.append(("grpc.ssl_target_name_override", cfg.server_name))
                 self._channel = grpc.aio.secure_channel(cfg.target, self._credentials,
                                                         options=options)
             self._stub = metrics_service_pb2_grpc.MetricsServiceStub(  # type: ignore[no-untyped-call]
@@ -118,6 +124,22 @@ class OtlpExporter:
         if self._channel is not None:
             await self._channel.close()
             self._channel = self._stub = None
+
+
+def _reconnect_options(most: timedelta) -> list[tuple[str, str | int]]:
+    """Channel options for gRPC's reconnect backoff (1 s growing 1.6x, with jitter): at most
+    ``most``, starting at 1 s or ``most`` if lower; a connection attempt gets 20 s, or
+    ``most`` if lower but at least 1 s (``min_reconnect_backoff_ms`` is gRPC's minimum
+    connect timeout, not a backoff)."""
+    def ms(duration: timedelta) -> int:
+        return max(1, round(duration.total_seconds() * 1000))
+
+    return [
+        ("grpc.max_reconnect_backoff_ms", ms(most)),
+        ("grpc.initial_reconnect_backoff_ms", ms(min(_INITIAL_RECONNECT, most))),
+        ("grpc.min_reconnect_backoff_ms",
+         ms(min(_CONNECT_TIMEOUT, max(_INITIAL_RECONNECT, most)))),
+    ]
 
 
 def _host(target: str) -> str:
