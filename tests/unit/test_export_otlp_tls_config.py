@@ -8,6 +8,7 @@ Certificates come from the repository's local CA; nothing connects.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,41 @@ async def test_good_files_make_an_exporter(files: Files) -> None:
     exporter = OtlpExporter(config=OtlpExporterConfig(
         target=TARGET, ca_file=files.ca, cert_file=files.cert, key_file=files.key,
         server_name="collector.internal"))
+    await exporter.shutdown()
+
+
+@pytest.mark.parametrize(("target", "options", "warned"), [
+    ("collector.example:4317", {}, True),
+    ("10.0.0.7:4317", {"insecure": True}, True),
+    ("[2001:db8::1]:4317", {}, True),
+    ("unixbox:4317", {}, True),
+    ("127.0.0.1:4317", {}, False),
+    ("127.8.9.10:4317", {}, False),
+    ("localhost:4317", {}, False),
+    ("LOCALHOST.:4317", {}, False),
+    ("otel.localhost:4317", {}, False),
+    ("[::1]:4317", {}, False),
+    ("unix:/run/otel.sock", {}, False),
+    ("collector.example:4317", {"insecure": False}, False),  # TLS
+])
+async def test_plaintext_to_another_host_is_logged_once_at_start(
+        caplog: pytest.LogCaptureFixture, target: str, options: dict[str, object],
+        warned: bool) -> None:
+    """Metrics in plaintext past this machine: one warning naming the exporter, the target,
+    and the keys that turn TLS on."""
+    caplog.set_level(logging.WARNING)
+    exporter = OtlpExporter(config=OtlpExporterConfig(target=target, name="collector",
+                                                      **options))  # type: ignore[arg-type]
+    warnings = [r for r in caplog.records if "unencrypted" in r.getMessage()]
+    assert len(warnings) == warned, [r.getMessage() for r in caplog.records]
+    if warned:
+        message = warnings[0].getMessage()
+        assert warnings[0].levelno == logging.WARNING
+        assert message.startswith(f"exporter collector sends metrics to {target} unencrypted")
+        for key in ("ca_file", "cert_file", "key_file", "server_name", "insecure: false"):
+            assert key in message, key
+        assert warnings[0].fields == {  # type: ignore[attr-defined]
+            "exporter": "collector", "target": target}
     await exporter.shutdown()
 
 

@@ -129,6 +129,33 @@ async def test_skipping_verification_is_logged_once_per_exporter(
     assert not caplog.records
 
 
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://vm.example:8428/api/v1/write", "http://vm.example:8428/api/v1/write"),
+    ("http://user:secret@10.1.2.3:8428/api/v1/write", "http://10.1.2.3:8428/api/v1/write"),
+    (HTTP, None),
+    ("http://localhost:8428/api/v1/write", None),
+    ("http://[::1]:8428/api/v1/write", None),
+    ("https://vm.example/api/v1/write", None),
+])
+async def test_plain_http_to_another_host_is_logged_once_at_start(
+        caplog: pytest.LogCaptureFixture, url: str, shown: str | None) -> None:
+    """Metrics over http:// past this machine: one warning naming the exporter, the URL
+    (without its password) and how to turn TLS on."""
+    caplog.set_level(logging.WARNING)
+    exporter = RemoteWriteExporter(config=RemoteWriteConfig(url=url, name="vm"))
+    warnings = [r for r in caplog.records if "unencrypted" in r.getMessage()]
+    assert len(warnings) == (shown is not None), [r.getMessage() for r in caplog.records]
+    if shown is not None:
+        message = warnings[0].getMessage()
+        assert warnings[0].levelno == logging.WARNING
+        assert message.startswith(f"exporter vm sends metrics to {shown} unencrypted")
+        for key in ("https://", "ca_file", "cert_file", "key_file", "server_name"):
+            assert key in message, key
+        assert "secret" not in message and "secret" not in str(
+            warnings[0].fields)  # type: ignore[attr-defined]
+    await exporter.shutdown()
+
+
 # The config file: the same checks, the message naming the exporter's key.
 
 

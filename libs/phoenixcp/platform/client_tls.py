@@ -25,6 +25,7 @@ file stops the start instead of failing the first send.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "check_grpc_client_tls",
     "client_ssl_context",
     "grpc_uses_tls",
+    "is_loopback_host",
     "read_client_tls_files",
     "tls_options_set",
 ]
@@ -94,6 +96,19 @@ def grpc_uses_tls(options: GrpcTlsOptions) -> bool:
     if options.insecure is not None:
         return not options.insecure
     return any(getattr(options, name) is not None for name in GRPC_TLS_OPTIONS)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name, an IP address, an IPv6 address with or without brackets)
+    stays on this machine: ``localhost``, a name under ``.localhost`` (RFC 6761), or a
+    loopback address. A plaintext exporter warns when its target is not."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_not_empty(options: _TlsNames) -> None:

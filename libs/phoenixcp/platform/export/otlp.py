@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from datetime import timedelta
 from typing import Final
@@ -13,13 +14,15 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 
 from phoenixcp.errors import ConfigError
-from phoenixcp.platform.client_tls import read_client_tls_files
+from phoenixcp.platform.client_tls import is_loopback_host, read_client_tls_files
 from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export._otlp_convert import write_request_to_otlp
 from phoenixcp.platform.export.config import OtlpExporterConfig
 from phoenixcp.platform.export.result import ExportOutcome, ExportResult
 
 __all__ = ["OtlpExporter"]
+
+_log = logging.getLogger(__name__)
 
 _REJECTED: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
                               grpc.StatusCode.DATA_LOSS})
@@ -41,11 +44,12 @@ class OtlpExporter:
 
     The TLS files are read at construction, which raises
     :class:`~phoenixcp.errors.ConfigError` naming the option, the file and why it cannot be
-    used. INVALID_ARGUMENT (and OUT_OF_RANGE, DATA_LOSS) → REJECTED; every other status,
-    including UNAVAILABLE (a failed TLS handshake, too), RESOURCE_EXHAUSTED and
-    DEADLINE_EXCEEDED, → RETRYABLE, so a misconfigured credential holds data back instead of
-    dropping it. A partial success is SUCCESS with the receiver's message as the reason.
-    ``export`` never raises and may run concurrently.
+    used; plaintext to a target that is not loopback is logged as a warning then.
+    INVALID_ARGUMENT (and OUT_OF_RANGE, DATA_LOSS) → REJECTED; every other status, including
+    UNAVAILABLE (a failed TLS handshake, too), RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, →
+    RETRYABLE, so a misconfigured credential holds data back instead of dropping it. A
+    partial success is SUCCESS with the receiver's message as the reason. ``export`` never
+    raises and may run concurrently.
     """
 
     def __init__(self, *, config: OtlpExporterConfig) -> None:
@@ -63,6 +67,15 @@ class OtlpExporter:
                 root_certificates=files.ca_pem, private_key=files.key_pem,
                 certificate_chain=files.cert_pem)
             self._verify_hint = _verify_hint(config)
+        elif not config.target.startswith(("unix:", "unix-abstract:")) and not (
+                is_loopback_host(_host(config.target))):
+            _log.warning(
+                "exporter %s sends metrics to %s unencrypted (plaintext gRPC): anyone on the "
+                "path can read and change them. For TLS set ca_file (the receiver's CA), "
+                "cert_file and key_file (mTLS), server_name (a name the certificate has, if "
+                "not the target's host), or insecure: false (TLS with the CA roots bundled "
+                "with grpcio)", config.name, config.target,
+                extra={"fields": {"exporter": config.name, "target": config.target}})
 
     @property
     def name(self) -> str:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import cramjam
 
 from phoenixcp.errors import ConfigError
-from phoenixcp.platform.client_tls import client_ssl_context
+from phoenixcp.platform.client_tls import client_ssl_context, is_loopback_host
 from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export.config import RemoteWriteConfig
 from phoenixcp.platform.export.http_client import HttpClient, HttpClientError
@@ -56,10 +56,12 @@ class RemoteWriteExporter:
     client, :mod:`~phoenixcp.platform.export.http_client`: aiohttp's cost 3x the CPU).
 
     Nothing connects at construction, but the TLS files (``ca_file``, ``cert_file``,
-    ``key_file``) are read then. Concurrency: ``export`` may run concurrently (up to
-    ``max_connections`` sockets; more callers wait their turn). Never raises; the constructor
-    raises :class:`~phoenixcp.errors.ConfigError` for a URL or header it cannot send, and
-    for a TLS file it cannot use (naming the option, the file and why).
+    ``key_file``) are read then, and an ``http://`` URL to a host that is not loopback, or
+    ``insecure_skip_verify``, is logged as a warning. Concurrency: ``export`` may run
+    concurrently (up to ``max_connections`` sockets; more callers wait their turn). Never
+    raises; the constructor raises :class:`~phoenixcp.errors.ConfigError` for a URL or
+    header it cannot send, and for a TLS file it cannot use (naming the option, the file and
+    why).
     """
 
     def __init__(self, *, config: RemoteWriteConfig) -> None:
@@ -78,6 +80,15 @@ class RemoteWriteExporter:
             raise ConfigError(f"export: {exc}") from exc
         self._closed = False
         self._verify_hint = _verify_hint(config)
+        parts = urlsplit(config.url)
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no password
+            _log.warning(
+                "exporter %s sends metrics to %s unencrypted (http://): anyone on the path "
+                "can read and change them. For TLS use an https:// URL, with ca_file (the "
+                "backend's CA, if not in the system's roots), cert_file and key_file (mTLS), "
+                "server_name (a name the certificate has, if not the URL's host)",
+                config.name, url, extra={"fields": {"exporter": config.name, "url": url}})
         if config.insecure_skip_verify:
             _log.warning("TLS certificate verification is off for this exporter "
                          "(insecure_skip_verify): anyone on the path can read and change "
