@@ -16,6 +16,7 @@ from phoenixcp.core.aggregation._counters import MERGE_STATE
 from phoenixcp.core.policy.index import KEY_TABLE
 from phoenixcp.platform.ingest.otlp import CONVERTER
 from phoenixcp.platform.ingest.remote_write import SCANNER
+from phoenixcp.platform.queue.queue import SYNCER
 
 __all__ = ["native_parts", "report_native_parts"]
 
@@ -25,7 +26,8 @@ log = logging.getLogger("metrics_pipeline.native")
 def native_parts() -> dict[str, bool]:
     """Per part of the data path, whether its C extension runs (False: its Python twin)."""
     return {"remote_write_scanner": SCANNER == "c", "otlp_converter": CONVERTER == "c",
-            "merge_state": MERGE_STATE == "c", "series_key_table": KEY_TABLE == "c"}
+            "merge_state": MERGE_STATE == "c", "series_key_table": KEY_TABLE == "c",
+            "queue_syncer": SYNCER == "c"}
 
 
 def report_native_parts(registry: CollectorRegistry) -> dict[str, bool]:

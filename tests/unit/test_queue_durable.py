@@ -7,18 +7,21 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from phoenixcp.errors import ConfigError, InvalidArgument, ResourceExhausted
+from phoenixcp.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from phoenixcp.platform.queue import (
     DEAD_LETTER_FILE,
     DurableQueue,
     FsyncPolicy,
     QueueConfig,
     QueueMetrics,
+    _syncer_py,
 )
+from phoenixcp.platform.queue import queue as queue_module
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +34,14 @@ def config(path: Path, **kw: object) -> QueueConfig:
 
 def segment_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.seg"))
+
+
+@pytest.fixture(autouse=True, params=sorted({queue_module.SYNCER, "python"}))
+def syncer_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the C syncer and with its pure-Python twin."""
+    if request.param == "python":
+        monkeypatch.setattr(queue_module, "Syncer", _syncer_py.Syncer)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -193,3 +204,33 @@ async def test_append_after_close_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not open"):
         await q.append(b"x", count=1)
     assert os.listdir(tmp_path)
+
+
+class _FailingSyncer(_syncer_py.Syncer):
+    """Syncs a pipe instead of the segment once ``fail`` is set: fdatasync fails (EINVAL)."""
+
+    made: ClassVar[list[_FailingSyncer]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+        self._pipe = os.pipe()
+        self.made.append(self)
+
+    def request(self, fd: int, flags: int = 0) -> int:
+        return super().request(self._pipe[1] if self.fail and not flags else fd, flags)
+
+
+async def test_a_failed_sync_fails_the_append_and_every_later_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "Syncer", _FailingSyncer)
+    q = DurableQueue(config=config(tmp_path))
+    await q.start()
+    await q.append(b"kept", count=1)
+    _FailingSyncer.made[-1].fail = True
+    with pytest.raises(Unavailable, match="Invalid argument"):
+        await q.append(b"unsure", count=1)
+    with pytest.raises(Unavailable, match=r"cannot write to disk: .*Invalid argument"):
+        await q.append(b"refused", count=1)
+    assert [e.payload for e in await q.get(10, timeout=0.1)] == [b"kept"]
+    await q.close()

@@ -1,7 +1,8 @@
 """Blocking file work of a durable queue: the segment writer, recovery at open, checkpoints.
 
-Everything here runs outside the event loop: :class:`SegmentWriter` on the queue's one writer
-thread, :func:`recover` and :func:`write_checkpoint` through ``asyncio.to_thread``.
+:func:`create_segment` and :func:`write_all` run on the event loop (page-cache writes; the
+syncs are the syncer's, ``_syncer.c``); :func:`recover`, :func:`write_checkpoint` and
+:func:`delete_segments` run through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from phoenixcp.platform.queue._format import (
     segment_seq,
 )
 
-__all__ = ["Recovered", "SegmentWriter", "delete_segments", "recover", "write_checkpoint"]
+__all__ = ["Recovered", "create_segment", "delete_segments", "recover", "write_all",
+           "write_checkpoint"]
 
 _log = logging.getLogger("phoenixcp.platform.queue")
 
 CHECKPOINT: Final = "checkpoint"
 _IOV_MAX: Final = 512
-
-#: What the writer thread is given: (segment, header, payload) in append order.
-Chunk = tuple[int, bytes, bytes]
-
 
 def fsync_dir(directory: Path) -> None:
     """Make a create, rename or unlink in ``directory`` durable."""
@@ -41,54 +39,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-class SegmentWriter:
-    """Appends to segment files; used by one thread at a time (the queue's writer thread)."""
+def create_segment(directory: Path, seq: int) -> int:
+    """Create segment ``seq`` (truncating a leftover) with its magic; return its fd.
 
-    def __init__(self, directory: Path) -> None:
-        self._dir = directory
-        self._seq = -1
-        self._fd = -1
-
-    def open_segment(self, seq: int) -> None:
-        """Sync and close the current segment, then create segment ``seq`` with its magic."""
-        if self._fd >= 0:
-            os.fdatasync(self._fd)
-            os.close(self._fd)
-        path = self._dir / segment_name(seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-        self._seq = seq
-        _write_all(self._fd, [MAGIC])
-        os.fdatasync(self._fd)
-        fsync_dir(self._dir)
-
-    def write(self, chunks: list[Chunk], *, sync: bool) -> None:
-        """Write ``chunks`` in order (opening new segments as they name them); sync if asked."""
-        pending: list[bytes] = []
-        for seq, head, payload in chunks:
-            if seq != self._seq:
-                _write_all(self._fd, pending)
-                pending = []
-                self.open_segment(seq)
-            pending.append(head)
-            pending.append(payload)
-        _write_all(self._fd, pending)
-        if sync:
-            os.fdatasync(self._fd)
-
-    def sync(self) -> None:
-        """Flush the active segment to stable storage."""
-        if self._fd >= 0:
-            os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        """Sync and close the active segment. Idempotent."""
-        if self._fd >= 0:
-            os.fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+    Not synced here: the caller has the file, then the directory, synced before it counts
+    any record in it as durable. Runs on the loop: an open and a page-cache write.
+    """
+    fd = os.open(directory / segment_name(seq),
+                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, [MAGIC])
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
-def _write_all(fd: int, buffers: list[bytes]) -> None:
+def write_all(fd: int, buffers: list[bytes]) -> None:
+    """Write ``buffers`` in order, finishing short writes (a full disk raises OSError)."""
     for i in range(0, len(buffers), _IOV_MAX):
         group = [memoryview(b) for b in buffers[i:i + _IOV_MAX] if b]
         while group:

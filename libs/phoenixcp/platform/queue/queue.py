@@ -1,24 +1,26 @@
 """The durable queue between the receivers and one exporter: segment files, group commit.
 
-Threads: the event loop owns all state. One writer thread per queue (a single-worker
-executor) does every segment write and fdatasync, in append order. Group commit: appends
-made while a write is in flight wait in ``_pending`` (under ``_lock``); the writer thread takes
-them as soon as that write's sync returns, without a round trip through the event loop, and
-resolves each append's own future with one ``call_soon_threadsafe``. Checkpoint writes,
-segment deletes, dead-letter writes and the recovery scan at ``start`` run through
-``asyncio.to_thread``. Reads are ``os.pread`` of bytes just written (page cache) on the loop.
+Threads: the event loop owns all state and writes each record to the active segment itself
+(a page-cache write). The syncs run on the queue's :class:`Syncer`, a thread of its own that
+never takes the GIL (``_syncer.c``, ADR 0014). Group commit: an append asks for a sync and
+waits for its generation; the syncer takes every request waiting at once, syncs each file
+once, and signals an eventfd the loop watches, which wakes every append up to the generation
+done. Checkpoint writes, segment deletes, dead-letter writes and the recovery scan at
+``start`` run through ``asyncio.to_thread``. Reads are ``os.pread`` of bytes just written
+(page cache) on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
-import threading
+import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import Protocol
 
 from phoenixcp.errors import InvalidArgument, ResourceExhausted, Unavailable
 from phoenixcp.platform.queue import _storage
@@ -28,10 +30,30 @@ from phoenixcp.platform.queue.config import FsyncPolicy, QueueConfig
 from phoenixcp.platform.queue.dead_letter import append_dead_letters
 from phoenixcp.platform.queue.metrics import QueueMetrics
 
-__all__ = ["DurableQueue"]
+try:
+    from phoenixcp.platform.queue._syncer import (  # type: ignore[import-not-found]
+        CLOSE,
+        FULL,
+        Syncer,
+    )
+
+    SYNCER = "c"
+except ImportError:  # the extension is not built: same contract, the thread takes the GIL
+    from phoenixcp.platform.queue._syncer_py import CLOSE, FULL, Syncer
+
+    SYNCER = "python"
+
+__all__ = ["SYNCER", "DurableQueue"]
 
 _log = logging.getLogger(__name__)
 _Position = tuple[int, int]
+
+
+class _SyncerLike(Protocol):
+    def request(self, fd: int, flags: int = 0) -> int: ...
+    def completed(self) -> tuple[int, int]: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class DurableQueue:
@@ -49,8 +71,9 @@ class DurableQueue:
         self._config = config
         self._dir = config.directory
         self._metrics = metrics
-        self._executor: ThreadPoolExecutor | None = None
-        self._writer = _storage.SegmentWriter(config.directory)
+        self._syncer: _SyncerLike | None = None
+        self._fd = -1
+        self._dir_fd = -1
         self._segments: dict[int, int] = {}
         self._write: _Position = (0, len(MAGIC))
         self._durable: _Position = (0, len(MAGIC))
@@ -61,13 +84,8 @@ class DurableQueue:
         self._bytes = 0
         self._records = 0
         self._oldest: float | None = None
-        # Shared with the writer thread, under _lock: chunks not yet written, with their
-        # waiters and end positions; whether a write job is queued or running.
-        self._lock = threading.Lock()
-        self._pending: list[_storage.Chunk] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._ends: list[_Position] = []
-        self._writing = False
+        # Appends waiting for their sync: (syncer generation, end position, future).
+        self._syncing: deque[tuple[int, _Position, asyncio.Future[None]]] = deque()
         self._unsynced = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -112,13 +130,13 @@ class DurableQueue:
         self._segments = found.segments
         self._read = self._watermark = found.start
         self._records, self._oldest = found.records, found.oldest
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"queue-{self._config.name}")
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._writer.open_segment, found.next_seq)
-        self._segments[found.next_seq] = len(MAGIC)
+        self._loop = asyncio.get_running_loop()
+        self._syncer = Syncer()
+        self._loop.add_reader(self._syncer.fileno(), self._synced)
+        self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._open_segment(found.next_seq)
         self._write = self._durable = (found.next_seq, len(MAGIC))
         self._bytes = sum(self._segments.values())
-        self._loop = asyncio.get_running_loop()
         self._started = True
         self._tasks = [asyncio.create_task(self._run_checkpoints(), name="queue-checkpoint")]
         if self._config.fsync is FsyncPolicy.INTERVAL:
@@ -156,31 +174,35 @@ class DurableQueue:
                 f"queue {self._config.name} is full ({self._bytes} of "
                 f"{self._config.max_bytes} bytes wait for the exporter)",
                 retry_after=self._config.full_retry_after.total_seconds())
-        if rotate:
-            seq, off = seq + 1, len(MAGIC)
-            self._segments[seq] = off
         head = encode_record(record, count=count, enqueued_ns=time.time_ns(),
                              tenant=tenant_bytes)
+        try:
+            if rotate:
+                seq, off = seq + 1, len(MAGIC)
+                self._open_segment(seq)
+            _storage.write_all(self._fd, [head, record])
+        except OSError as exc:  # a full or failing disk: what is in the file is unknown now
+            self._fail(exc)
+            raise Unavailable(f"queue {self._config.name} cannot write to disk: {exc}") from exc
         self._write = (seq, off + size)
         self._segments[seq] = off + size
         self._bytes += needed
         self._records += 1
         if self._oldest is None:
             self._oldest = time.time()
-        assert self._loop is not None
+        if self._config.fsync is not FsyncPolicy.ALWAYS:
+            self._durable = self._write
+            self._readable.set()
+            if self._metrics is not None:
+                self._metrics.appends.labels(self._config.name).inc()
+                self._update_gauges()
+            return
+        assert self._loop is not None and self._syncer is not None
         waiter = self._loop.create_future()
+        self._syncing.append((self._syncer.request(self._fd), self._write, waiter))
         self._unsynced += 1
         self._idle.clear()
-        with self._lock:
-            self._pending.append((seq, head, record))
-            self._waiters.append(waiter)
-            self._ends.append(self._write)
-            submit = not self._writing
-            self._writing = True
-        if submit:
-            assert self._executor is not None
-            self._executor.submit(self._write_pending)
-        # Our own future: a cancelled caller cancels only its wait, not the shared write.
+        # Our own future: a cancelled caller cancels only its wait, not the shared sync.
         await waiter
 
     async def get(self, max_records: int, *, max_bytes: int = 8 << 20,
@@ -256,9 +278,16 @@ class DurableQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             await self._persist_checkpoint()
-        assert self._executor is not None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._writer.close)
-        self._executor.shutdown(wait=True)
+        syncer = self._syncer
+        assert syncer is not None and self._loop is not None
+        # The last requests: sync and close the segment and the directory; ``close`` runs
+        # them before the thread stops (it joins, so off the loop).
+        for fd, flags in ((self._fd, CLOSE), (self._dir_fd, FULL | CLOSE)):
+            if fd >= 0:
+                syncer.request(fd, flags)
+        self._fd = self._dir_fd = -1
+        self._loop.remove_reader(syncer.fileno())
+        await asyncio.to_thread(syncer.close)
         self._reader.close()
 
     async def __aenter__(self) -> DurableQueue:
@@ -275,58 +304,60 @@ class DurableQueue:
         if self._failed is not None:
             raise Unavailable(f"queue {self._config.name} cannot write to disk: {self._failed}")
 
-    def _write_pending(self) -> None:
-        """On the writer thread: write and sync what is pending until nothing is."""
-        sync = self._config.fsync is FsyncPolicy.ALWAYS
-        while True:
-            with self._lock:
-                chunks, waiters, ends = self._pending, self._waiters, self._ends
-                if not chunks:
-                    self._writing = False
-                    return
-                self._pending, self._waiters, self._ends = [], [], []
-            error: Exception | None = None
-            try:
-                self._writer.write(chunks, sync=sync)
-            except Exception as exc:  # OSError in practice; anything else must not hang appends
-                error = exc
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._written, waiters, ends[-1], error)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                with self._lock:
-                    self._writing = False
-                return
+    def _open_segment(self, seq: int) -> None:
+        """Start segment ``seq``: the old one is synced and closed, the new one and the
+        directory synced, all before any later append's sync completes (requests run in
+        order)."""
+        assert self._syncer is not None
+        fd = _storage.create_segment(self._dir, seq)
+        if self._fd >= 0:
+            self._syncer.request(self._fd, CLOSE)
+        self._fd = fd
+        self._segments[seq] = len(MAGIC)
+        self._syncer.request(fd)
+        self._syncer.request(self._dir_fd, FULL)
 
-    def _written(self, waiters: list[asyncio.Future[None]], end: _Position,
-                 error: Exception | None) -> None:
-        """On the loop: resolve the appends of one write."""
-        self._unsynced -= len(waiters)
+    def _synced(self) -> None:
+        """On the loop, when the syncer signals: resolve the appends it made durable."""
+        assert self._syncer is not None
+        done, err = self._syncer.completed()
+        if err and self._failed is None:
+            self._fail(OSError(err, os.strerror(err)))
+        woken = 0
+        while self._syncing and self._syncing[0][0] <= done:
+            _, end, waiter = self._syncing.popleft()
+            woken += 1
+            if waiter.done():
+                continue
+            if self._failed is not None:
+                waiter.set_exception(Unavailable(f"queue {self._config.name}: {self._failed}"))
+                waiter.exception()  # the waiter may be gone; don't warn about it
+            else:
+                self._durable = end
+                waiter.set_result(None)
+        if not woken:
+            return
+        self._unsynced -= woken
         if not self._unsynced:
             self._idle.set()
-        if error is not None:
-            self._failed = error
-            _log.error("queue cannot write to disk; appends fail until restart",
-                       extra={"fields": {"queue": self._config.name, "error": str(error)}})
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(Unavailable(f"queue {self._config.name}: {error}"))
-                    waiter.exception()  # the waiter may be gone; don't warn about it
-            return
-        self._durable = end
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._readable.set()
+        if self._failed is None:
+            self._readable.set()
         if self._metrics is not None:
-            self._metrics.appends.labels(self._config.name).inc(len(waiters))
+            self._metrics.appends.labels(self._config.name).inc(woken)
             self._update_gauges()
 
+    def _fail(self, error: OSError) -> None:
+        if self._failed is None:
+            _log.error("queue cannot write to disk; appends fail until restart",
+                       extra={"fields": {"queue": self._config.name, "error": str(error),
+                                         "errno": errno.errorcode.get(error.errno or 0, "")}})
+        self._failed = error
+
     async def _run_interval_sync(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._config.fsync_interval.total_seconds())
-            await loop.run_in_executor(self._executor, self._writer.sync)
+            if self._syncer is not None and self._fd >= 0:
+                self._syncer.request(self._fd)
 
     async def _run_checkpoints(self) -> None:
         while True:
