@@ -29,6 +29,7 @@ from phoenixcp.platform.export import (
 )
 from phoenixcp.platform.pipeline_config import ExporterConfig, PipelineConfig
 from phoenixcp.platform.queue import DurableQueue, FsyncPolicy, QueueConfig, QueueMetrics
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["Forwarder"]
 
@@ -90,7 +91,8 @@ class Forwarder:
             route.worker.start()
             log.info("exporter started", extra={"fields": {
                 "exporter": route.config.name, "type": route.config.type,
-                "endpoint": route.config.endpoint, "queued_records": len(route.queue)}})
+                "endpoint": redacted_endpoint(route.config.endpoint),
+                "queued_records": len(route.queue)}})
 
     def check_room(self, nbytes: int) -> None:
         """ResourceExhausted unless every queue has room for a record of ``nbytes``."""

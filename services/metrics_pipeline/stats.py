@@ -25,6 +25,7 @@ from phoenixcp.api.phoenix.v1 import common_pb2, pipeline_pb2, telemetry_pb2
 from phoenixcp.core.policy.dry_run import distinct_series
 from phoenixcp.core.policy.window import MetricSnapshot, PointTally, TenantSnapshot
 from phoenixcp.platform.pipeline_config import ExporterConfig
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["ReplicaCounters", "metric_stats", "point_counts", "tenant_stats", "time_window"]
 
@@ -104,7 +105,8 @@ class ReplicaCounters:
             emitted=by_action["emitted"])
 
     def exporters(self) -> list[pipeline_pb2.ExporterStats]:
-        """Each configured exporter with its queue and delivery counts.
+        """Each configured exporter with its queue and delivery counts, and its endpoint with
+        any password shown as ``***``.
 
         The state is derived: QUEUE_FULL at 95% of the queue's capacity; RETRYING when sends
         were retried and the oldest queued item is older than one send timeout plus one flush
@@ -130,7 +132,7 @@ class ReplicaCounters:
         oldest.FromTimedelta(timedelta(seconds=age))
         return pipeline_pb2.ExporterStats(
             name=config.name, kind=_KINDS.get(config.type, pipeline_pb2.EXPORTER_KIND_UNSPECIFIED),
-            endpoint=config.endpoint, state=state, queue_bytes=queued,
+            endpoint=redacted_endpoint(config.endpoint), state=state, queue_bytes=queued,
             queue_capacity_bytes=capacity, oldest_item_age=oldest,
             exported_points=int(self._value("phoenix_export_samples_total",
                                             {**sent, "outcome": "exported"})),

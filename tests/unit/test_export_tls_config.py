@@ -131,7 +131,8 @@ async def test_skipping_verification_is_logged_once_per_exporter(
 
 @pytest.mark.parametrize(("url", "shown"), [
     ("http://vm.example:8428/api/v1/write", "http://vm.example:8428/api/v1/write"),
-    ("http://user:secret@10.1.2.3:8428/api/v1/write", "http://10.1.2.3:8428/api/v1/write"),
+    ("http://user:secret@10.1.2.3:8428/api/v1/write",
+     "http://user:***@10.1.2.3:8428/api/v1/write"),
     (HTTP, None),
     ("http://localhost:8428/api/v1/write", None),
     ("http://[::1]:8428/api/v1/write", None),

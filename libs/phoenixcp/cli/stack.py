@@ -44,6 +44,7 @@ from phoenixcp.platform.embedded import (
     die_with_parent_hook,
     free_port,
 )
+from phoenixcp.platform.redact import redacted_endpoint
 from phoenixcp.platform.rpc import health_status
 from phoenixcp.platform.secrets import VaultCertificates, VaultClient, VaultConfig, ensure_pki
 from phoenixcp.platform.tls import CertBundle, CertificateSource, LocalCA
@@ -80,7 +81,9 @@ class Backend:
     def parse(cls, text: str) -> Backend:
         kind, sep, endpoint = text.partition("=")
         if not sep or kind not in ("remote-write", "otlp") or not endpoint:
-            raise ValueError(f"{text!r} is not a backend; use remote-write=URL or "
+            shown = (f"{kind}={redacted_endpoint(endpoint)}" if kind in ("remote-write", "otlp")
+                     else redacted_endpoint(text))
+            raise ValueError(f"{shown!r} is not a backend; use remote-write=URL or "
                              "otlp=HOST:PORT, e.g. remote-write=http://127.0.0.1:8428/api/v1/write")
         return cls(kind, endpoint)
 
@@ -366,7 +369,9 @@ class LocalStack:
             "pids": {"nats": self.nats.pid, "etcd": self.etcd.pid,
                      **({"bao": self.bao.pid} if self.bao else {})},
             **({"vault": self.bao.addr} if self.bao else {}),
-            "backends": [{"type": b.type, "endpoint": b.endpoint} for b in self.backends]
+            # Only the pipeline's config file holds a backend's password, not this file.
+            "backends": [{"type": b.type, "endpoint": redacted_endpoint(b.endpoint)}
+                         for b in self.backends]
             or [{"type": "counting-sink", "endpoint": self.sink_url(),
                  "stats": f"{self.sink.url}/stats" if self.sink else ""}],
         }

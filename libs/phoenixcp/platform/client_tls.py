@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from phoenixcp.platform.config_loader import FieldInvalid
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = [
     "GRPC_TLS_OPTIONS",
@@ -144,8 +145,8 @@ def check_client_tls(options: ClientTlsOptions, *, url: str) -> None:
     _check_not_empty(options)
     given = tls_options_set(options)
     if given and not url.startswith("https://"):
-        raise FieldInvalid(given[0], f"is a TLS option, but {url!r} is not an https:// URL; "
-                           "use https:// or drop the TLS options")
+        raise FieldInvalid(given[0], f"is a TLS option, but {redacted_endpoint(url)!r} is not "
+                           "an https:// URL; use https:// or drop the TLS options")
     _check_pair(options)
     if options.insecure_skip_verify and options.ca_file is not None:
         raise FieldInvalid("ca_file", "is not used when insecure_skip_verify is true (the "

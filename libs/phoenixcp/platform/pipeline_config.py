@@ -69,6 +69,7 @@ from phoenixcp.platform.client_tls import (
     read_client_tls_files,
 )
 from phoenixcp.platform.config_loader import FieldInvalid
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["ExporterConfig", "PipelineConfig"]
 
@@ -99,11 +100,12 @@ class ExporterConfig:
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
             raise FieldInvalid("name", f"{self.name!r} is not {_NAME_HELP}")
+        shown = redacted_endpoint(self.endpoint)
         if self.type == "remote-write" and not self.endpoint.startswith(("http://", "https://")):
-            raise FieldInvalid("endpoint", f"{self.endpoint!r} is not an http(s):// URL, e.g. "
+            raise FieldInvalid("endpoint", f"{shown!r} is not an http(s):// URL, e.g. "
                                "http://127.0.0.1:8428/api/v1/write")
         if self.type == "otlp" and "://" in self.endpoint:
-            raise FieldInvalid("endpoint", f"{self.endpoint!r}: give host:port for otlp (TLS "
+            raise FieldInvalid("endpoint", f"{shown!r}: give host:port for otlp (TLS "
                                "is on with ca_file or insecure: false, not by a scheme)")
         if not 1 <= self.concurrency <= 64:
             raise FieldInvalid("concurrency", f"{self.concurrency} is out of range; use 1 to 64")

@@ -13,6 +13,7 @@ from phoenixcp.platform.client_tls import (
     grpc_uses_tls,
 )
 from phoenixcp.platform.config_loader import FieldInvalid
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["ExportWorkerConfig", "OtlpExporterConfig", "RemoteWriteConfig"]
 
@@ -56,8 +57,8 @@ class RemoteWriteConfig:
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"export.url: {self.url!r} is not an http:// or https:// URL",
-                              key="url")
+            raise ConfigError(f"export.url: {redacted_endpoint(self.url)!r} is not an http:// "
+                              "or https:// URL", key="url")
         _positive("export", self, "timeout", "max_connections")
         try:
             check_client_tls(self, url=self.url)
@@ -97,7 +98,8 @@ class OtlpExporterConfig:
 
     def __post_init__(self) -> None:
         if ":" not in self.target:
-            raise ConfigError(f"export.target: {self.target!r} is not HOST:PORT", key="target")
+            raise ConfigError(f"export.target: {redacted_endpoint(self.target)!r} is not "
+                              "HOST:PORT", key="target")
         _positive("export", self, "timeout", "reconnect_backoff_max")
         try:
             check_grpc_client_tls(self)

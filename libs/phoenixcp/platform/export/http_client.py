@@ -55,6 +55,7 @@ from phoenixcp.platform.export._http_message import (
     ProtocolError,
     RequestTimeout,
 )
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = [
     "ClientClosed",
@@ -91,8 +92,8 @@ class HttpClient:
     ``server_hostname`` (default: the URL's host) as SNI and checking the certificate for it
     (``Host`` stays the URL's); pass a context with a client certificate for mTLS. ``headers``
     are sent with every request, after ``Host`` (which a ``Host`` entry replaces); credentials
-    in the URL become ``Authorization: Basic``. Raises ``ValueError`` for a URL or header it
-    cannot send.
+    in the URL become ``Authorization: Basic``; no message, here or in the exceptions, shows
+    their password. Raises ``ValueError`` for a URL or header it cannot send.
     """
 
     def __init__(self, url: str, *, max_connections: int = 16,
@@ -102,14 +103,22 @@ class HttpClient:
                  max_body: int = 64 * 1024,
                  keepalive_expiry: timedelta = timedelta(seconds=15)) -> None:
         parts = urlsplit(url)
+        shown = redacted_endpoint(url)
         if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+            raise ValueError(f"{shown!r} is not an http:// or https:// URL with a host")
         if (ssl_context is not None or server_hostname) and parts.scheme != "https":
-            raise ValueError(f"ssl_context and server_hostname need an https:// URL, not {url!r}")
+            raise ValueError(f"ssl_context and server_hostname need an https:// URL, not "
+                             f"{shown!r}")
         if max_connections < 1 or max_body < 0:
             raise ValueError("max_connections must be positive and max_body not negative")
+        try:
+            port = parts.port
+        except ValueError:  # urllib's message quotes the "port": part of a password, maybe
+            raise ValueError(f"{shown!r}: its port is not a number from 0 to 65535 (in a "
+                             "password, / ? and # must be percent-encoded: %2F %3F %23)"
+                             ) from None
         self._host = parts.hostname.encode("idna").decode("ascii")
-        self._port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self._port = port or _DEFAULT_PORTS[parts.scheme]
         self._https = parts.scheme == "https"
         self._ssl = ssl_context
         self._server_hostname = server_hostname or self._host.rstrip(".")
@@ -118,7 +127,7 @@ class HttpClient:
         self.max_body = max_body
         self._timeout = timeout.total_seconds()
         self._expiry = keepalive_expiry.total_seconds()
-        self._prefix = self._request_prefix(parts.path, parts.query, parts.username,
+        self._prefix = self._request_prefix(shown, parts.path, parts.query, parts.username,
                                             parts.password, headers or {})
         self._idle: list[Connection] = []  # most recently used last
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
@@ -126,8 +135,8 @@ class HttpClient:
         self._slots = 0  # connections open or being opened, idle ones included
         self._closed = False
 
-    def _request_prefix(self, path: str, query: str, user: str | None, password: str | None,
-                        headers: Mapping[str, str]) -> bytes:
+    def _request_prefix(self, shown: str, path: str, query: str, user: str | None,
+                        password: str | None, headers: Mapping[str, str]) -> bytes:
         target = quote(path or "/", safe="/%:@!$&'()*+,;=-._~") + (f"?{query}" if query else "")
         host = f"[{self._host}]" if ":" in self._host else self._host
         if self._port != _DEFAULT_PORTS["https" if self._https else "http"]:
@@ -140,7 +149,11 @@ class HttpClient:
             del fixed["Host"]
         tail = {} if "accept" in configured else {"Accept": "*/*"}
         if user is not None and "authorization" not in configured:
-            token = f"{unquote(user)}:{unquote(password or '')}".encode("latin-1")
+            try:
+                token = f"{unquote(user)}:{unquote(password or '')}".encode("latin-1")
+            except UnicodeEncodeError:  # whose message quotes the character
+                raise ValueError(f"{shown!r}: Basic credentials are Latin-1; the user name "
+                                 "or password has a character that is not") from None
             tail["Authorization"] = f"Basic {base64.b64encode(token).decode('ascii')}"
         return (f"POST {target} HTTP/1.1\r\n".encode("ascii") + _header_lines(fixed)
                 + _header_lines(headers) + _header_lines(tail))

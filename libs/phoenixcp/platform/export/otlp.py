@@ -19,6 +19,7 @@ from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export._otlp_convert import write_request_to_otlp
 from phoenixcp.platform.export.config import OtlpExporterConfig
 from phoenixcp.platform.export.result import ExportOutcome, ExportResult
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["OtlpExporter"]
 
@@ -74,8 +75,9 @@ class OtlpExporter:
                 "path can read and change them. For TLS set ca_file (the receiver's CA), "
                 "cert_file and key_file (mTLS), server_name (a name the certificate has, if "
                 "not the target's host), or insecure: false (TLS with the CA roots bundled "
-                "with grpcio)", config.name, config.target,
-                extra={"fields": {"exporter": config.name, "target": config.target}})
+                "with grpcio)", config.name, redacted_endpoint(config.target),
+                extra={"fields": {"exporter": config.name,
+                                  "target": redacted_endpoint(config.target)}})
 
     @property
     def name(self) -> str:

@@ -16,6 +16,7 @@ from phoenixcp.platform.config_loader import FieldInvalid
 from phoenixcp.platform.export.config import RemoteWriteConfig
 from phoenixcp.platform.export.http_client import HttpClient, HttpClientError
 from phoenixcp.platform.export.result import ExportOutcome, ExportResult
+from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["RemoteWriteExporter", "classify_status"]
 
@@ -57,11 +58,12 @@ class RemoteWriteExporter:
 
     Nothing connects at construction, but the TLS files (``ca_file``, ``cert_file``,
     ``key_file``) are read then, and an ``http://`` URL to a host that is not loopback, or
-    ``insecure_skip_verify``, is logged as a warning. Concurrency: ``export`` may run
-    concurrently (up to ``max_connections`` sockets; more callers wait their turn). Never
-    raises; the constructor raises :class:`~phoenixcp.errors.ConfigError` for a URL or
-    header it cannot send, and for a TLS file it cannot use (naming the option, the file and
-    why).
+    ``insecure_skip_verify``, is logged as a warning. Logs and errors show the URL's password
+    as ``***`` (:func:`~phoenixcp.platform.redact.redacted_endpoint`). Concurrency:
+    ``export`` may run concurrently (up to ``max_connections`` sockets; more callers wait
+    their turn). Never raises; the constructor raises :class:`~phoenixcp.errors.ConfigError`
+    for a URL or header it cannot send, and for a TLS file it cannot use (naming the option,
+    the file and why).
     """
 
     def __init__(self, *, config: RemoteWriteConfig) -> None:
@@ -80,9 +82,9 @@ class RemoteWriteExporter:
             raise ConfigError(f"export: {exc}") from exc
         self._closed = False
         self._verify_hint = _verify_hint(config)
+        url = redacted_endpoint(config.url)
         parts = urlsplit(config.url)
         if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
-            url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # no password
             _log.warning(
                 "exporter %s sends metrics to %s unencrypted (http://): anyone on the path "
                 "can read and change them. For TLS use an https:// URL, with ca_file (the "
@@ -93,7 +95,7 @@ class RemoteWriteExporter:
             _log.warning("TLS certificate verification is off for this exporter "
                          "(insecure_skip_verify): anyone on the path can read and change "
                          "what it sends", extra={"fields": {"exporter": config.name,
-                                                             "url": config.url}})
+                                                             "url": url}})
 
     @property
     def name(self) -> str:

@@ -193,7 +193,9 @@ class ExporterStats(_message.Message):
     kind: Global___ExporterKind.ValueType
     """Its protocol."""
     endpoint: _builtins.str
-    """Where it sends, e.g. `http://127.0.0.1:8428/api/v1/write`."""
+    """Where it sends, e.g. `http://127.0.0.1:8428/api/v1/write`; a password in it reads
+    `***` (`https://user:***@host/api/v1/write`).
+    """
     state: Global___ExporterState.ValueType
     """Its state now."""
     queue_bytes: _builtins.int
