@@ -141,7 +141,7 @@ async def test_a_record_larger_than_a_segment_is_invalid(tmp_path: Path) -> None
             await q.append(b"z" * SMALL, count=1)
 
 
-@pytest.mark.parametrize("damage", ["torn", "crc", "zeros"])
+@pytest.mark.parametrize("damage", ["torn", "crc", "header-then-zeros"])
 async def test_a_torn_or_corrupt_tail_is_truncated_and_earlier_records_survive(
         tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
     cfg = config(tmp_path)
@@ -156,13 +156,55 @@ async def test_a_torn_or_corrupt_tail_is_truncated_and_earlier_records_survive(
         elif damage == "crc":
             f.seek(size - 1)
             f.write(b"\xff")
-        else:
+        else:  # a record whose first bytes reached the disk, in a preallocated segment
             f.seek(size)
-            f.write(b"\0" * 64)
+            f.write(b"\x07" + b"\0" * 4096)
     async with DurableQueue(config=cfg) as q:
-        expected = [0, 1, 2, 3, 4] if damage == "zeros" else [0, 1, 2, 3]
+        expected = [0, 1, 2, 3, 4] if damage == "header-then-zeros" else [0, 1, 2, 3]
         assert [e.payload[0] for e in await q.get(10)] == expected
     assert "truncating" in caplog.text
+
+
+async def test_a_zero_tail_is_a_clean_end_not_damage(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(tmp_path)
+    async with DurableQueue(config=cfg) as q:
+        for i in range(5):
+            await q.append(bytes([i]) * 100, count=1)
+    segment = max(segment_files(tmp_path), key=lambda p: p.stat().st_size)
+    size = segment.stat().st_size
+    with segment.open("ab") as f:  # what a preallocated segment holds past its records
+        f.write(b"\0" * 65536)
+    async with DurableQueue(config=cfg) as q:
+        assert [e.payload[0] for e in await q.get(10)] == [0, 1, 2, 3, 4]
+    assert "truncating" not in caplog.text
+    assert segment.stat().st_size == size + 65536  # not truncated
+
+
+@pytest.mark.parametrize("preallocate", [True, False])
+async def test_segments_are_written_ahead_with_zeros_when_preallocating(
+        tmp_path: Path, preallocate: bool) -> None:
+    cfg = config(tmp_path, segment_bytes=SMALL, max_bytes=8 * SMALL,
+                 preallocate=preallocate)
+    record = b"r" * 1000
+    async with DurableQueue(config=cfg) as q:
+        for _ in range(40):  # past half of the first segment
+            await q.append(record, count=1)
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            if (tmp_path / "next-segment.tmp").exists() or not preallocate:
+                break
+        assert (tmp_path / "next-segment.tmp").exists() == preallocate
+        for _ in range(60):  # into the second segment
+            await q.append(record, count=1)
+        sizes = [p.stat().st_size for p in segment_files(tmp_path)]
+        assert len(sizes) == 2
+        # The second segment was the prepared one: full size at once, zeros past its records.
+        assert (sizes[1] == SMALL) == preallocate
+    assert not (tmp_path / "next-segment.tmp").exists()  # close removes an unused one
+    async with DurableQueue(config=cfg) as q:
+        got = await q.get(200, timeout=0.1)
+        assert len(got) == 100 and {e.payload for e in got} == {record}
 
 
 async def test_dead_letter_writes_the_reason_and_commits(queue: DurableQueue) -> None:

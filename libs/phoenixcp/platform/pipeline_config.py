@@ -10,6 +10,8 @@ Example::
       data_dir: null                     # queues live here; default <state_dir>/pipeline/<replica>
       queue_max_bytes: 536870912         # per exporter; when full: 429 / RESOURCE_EXHAUSTED
       queue_fsync: always                # always (group commit), interval, never (benchmarks only)
+      queue_preallocate: true            # zero-fill the next segment ahead (faster syncs);
+                                         # false on tmpfs, where zeros take memory
       exporters:
         - name: victoria
           type: remote-write             # remote-write or otlp
@@ -140,6 +142,7 @@ class PipelineConfig:
     data_dir: Path | None = None
     queue_max_bytes: int = 512 * 1024 * 1024
     queue_fsync: Literal["always", "interval", "never"] = "always"
+    queue_preallocate: bool = True
     exporters: tuple[ExporterConfig, ...] = ()
     static_policies: tuple[dict[str, Any], ...] = ()
     """Policies applied to every tenant besides those in etcd, as ``Policy`` documents

@@ -7,7 +7,9 @@ back to back::
     | tenant (UTF-8) | payload
 
 ``crc32`` (zlib) covers everything after it: the three numbers, the tenant and the payload, so
-a torn or corrupt record is found by its length running past the file or by its CRC. The
+a torn or corrupt record is found by its length running past the file or by its CRC. A
+preallocated segment (written with zeros ahead of use) ends in zeros: all-zero bytes where a
+record would start are a clean end (a real record's header is never all zero). The
 checkpoint file ``checkpoint`` is ``u64 segment | u64 offset | u32 crc32(first 16 bytes)``:
 the position of the first record not yet committed, replaced atomically (write, fsync,
 rename, fsync the directory).
@@ -41,6 +43,7 @@ _LEN_CRC: Final = struct.Struct("<II")
 _REST: Final = struct.Struct("<QQH")
 _HEAD: Final = struct.Struct("<IIQQH")
 HEAD_SIZE: Final = _HEAD.size
+_ZERO_HEAD: Final = bytes(HEAD_SIZE)
 _CHECKPOINT: Final = struct.Struct("<QQI")
 _SUFFIX: Final = ".seg"
 
@@ -105,6 +108,8 @@ def iter_records(
     pos = start
     size = len(buf)
     while pos < size:
+        if _zero_from(buf, pos):  # a preallocated segment's unwritten tail: a clean end
+            return
         if size - pos < HEAD_SIZE:
             yield f"torn header: {size - pos} of {HEAD_SIZE} bytes"
             return
@@ -127,6 +132,12 @@ def iter_records(
                     payload=bytes(view[tenant_end:end]), count=count,
                     enqueued_at=enqueued_ns / 1e9, tenant=tenant)
         pos = end
+
+
+def _zero_from(buf: bytes, pos: int) -> bool:
+    """Whether ``buf[pos:]`` is all zero bytes. No record starts with a zero header (its
+    CRC would have to be 0 over zero fields, and it is not), so zeros are never data."""
+    return buf[pos:pos + HEAD_SIZE] == _ZERO_HEAD and buf.count(0, pos) == len(buf) - pos
 
 
 def peek_length(buf: bytes, pos: int) -> int | None:

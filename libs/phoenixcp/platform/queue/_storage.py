@@ -1,6 +1,7 @@
 """Blocking file work of a durable queue: the segment writer, recovery at open, checkpoints.
 
-:func:`create_segment` and :func:`write_all` run on the event loop (page-cache writes; the
+:func:`create_segment`, :func:`open_prepared` and :func:`write_at` run on the event loop
+(page-cache writes; the
 syncs are the syncer's, ``_syncer.c``); :func:`recover`, :func:`write_checkpoint` and
 :func:`delete_segments` run through ``asyncio.to_thread``.
 """
@@ -22,12 +23,15 @@ from phoenixcp.platform.queue._format import (
     segment_seq,
 )
 
-__all__ = ["Recovered", "create_segment", "delete_segments", "recover", "write_all",
-           "write_checkpoint"]
+__all__ = ["PREPARED", "Recovered", "create_segment", "delete_segments", "open_prepared",
+           "prepare_segment", "recover", "write_at", "write_checkpoint"]
 
 _log = logging.getLogger("phoenixcp.platform.queue")
 
 CHECKPOINT: Final = "checkpoint"
+PREPARED: Final = "next-segment.tmp"
+"""The segment written ahead of use (:func:`prepare_segment`); not a segment until renamed."""
+_ZERO_CHUNK: Final = 1 << 20
 _IOV_MAX: Final = 512
 
 def fsync_dir(directory: Path) -> None:
@@ -46,21 +50,51 @@ def create_segment(directory: Path, seq: int) -> int:
     any record in it as durable. Runs on the loop: an open and a page-cache write.
     """
     fd = os.open(directory / segment_name(seq),
-                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        write_all(fd, [MAGIC])
+        write_at(fd, [MAGIC], 0)
     except OSError:
         os.close(fd)
         raise
     return fd
 
 
-def write_all(fd: int, buffers: list[bytes]) -> None:
-    """Write ``buffers`` in order, finishing short writes (a full disk raises OSError)."""
+def prepare_segment(directory: Path, size: int) -> Path:
+    """Write :data:`PREPARED` (the magic, then zeros up to ``size`` bytes) and sync it.
+
+    Blocking (zeros go to disk): run it in a thread. The queue renames the file to its
+    next segment's name when it needs one; appends then overwrite zeros in place, so their
+    syncs need no journal commit for the file's size or block map.
+    """
+    path = directory / PREPARED
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_at(fd, [MAGIC], 0)
+        zeros = bytes(_ZERO_CHUNK)
+        for off in range(len(MAGIC), size, _ZERO_CHUNK):
+            write_at(fd, [zeros[:min(_ZERO_CHUNK, size - off)]], off)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def open_prepared(directory: Path, seq: int) -> int:
+    """Rename :data:`PREPARED` to segment ``seq`` and open it for writing (on the loop: a
+    rename and an open). The directory must be synced before records in it count."""
+    path = directory / segment_name(seq)
+    os.rename(directory / PREPARED, path)
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+
+
+def write_at(fd: int, buffers: list[bytes], offset: int) -> None:
+    """Write ``buffers`` in order at ``offset``, finishing short writes (a full disk raises
+    OSError)."""
     for i in range(0, len(buffers), _IOV_MAX):
         group = [memoryview(b) for b in buffers[i:i + _IOV_MAX] if b]
         while group:
-            written = os.writev(fd, group)
+            written = os.pwritev(fd, group, offset)
+            offset += written
             # A regular file takes all of it unless the disk is full; finish a short write.
             while group and written >= len(group[0]):
                 written -= len(group[0])

@@ -72,6 +72,9 @@ class DurableQueue:
         self._dir = config.directory
         self._metrics = metrics
         self._syncer: _SyncerLike | None = None
+        self._preallocate = config.preallocate and config.fsync is FsyncPolicy.ALWAYS
+        self._prepared = False
+        self._preparing: asyncio.Task[None] | None = None
         self._fd = -1
         self._dir_fd = -1
         self._segments: dict[int, int] = {}
@@ -180,12 +183,17 @@ class DurableQueue:
             if rotate:
                 seq, off = seq + 1, len(MAGIC)
                 self._open_segment(seq)
-            _storage.write_all(self._fd, [head, record])
+            _storage.write_at(self._fd, [head, record], off)
         except OSError as exc:  # a full or failing disk: what is in the file is unknown now
             self._fail(exc)
             raise Unavailable(f"queue {self._config.name} cannot write to disk: {exc}") from exc
         self._write = (seq, off + size)
         self._segments[seq] = off + size
+        if (self._preallocate and not self._prepared and self._preparing is None
+                and off > self._config.segment_bytes // 2):
+            # Half full: write the next segment ahead, so it is ready when this one is full
+            # (an idle queue never writes one).
+            self._preparing = asyncio.create_task(self._prepare_next(), name="queue-prepare")
         self._bytes += needed
         self._records += 1
         if self._oldest is None:
@@ -278,6 +286,12 @@ class DurableQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             await self._persist_checkpoint()
+        if self._preparing is not None:  # a thread cannot be cancelled: let it finish
+            await asyncio.shield(self._preparing)
+        if self._prepared:
+            with contextlib.suppress(OSError):
+                (self._dir / _storage.PREPARED).unlink()
+            self._prepared = False
         syncer = self._syncer
         assert syncer is not None and self._loop is not None
         # The last requests: sync and close the segment and the directory; ``close`` runs
@@ -309,13 +323,30 @@ class DurableQueue:
         directory synced, all before any later append's sync completes (requests run in
         order)."""
         assert self._syncer is not None
-        fd = _storage.create_segment(self._dir, seq)
+        if self._prepared:  # zeros written and synced ahead: only the new name needs a sync
+            fd = _storage.open_prepared(self._dir, seq)
+            self._prepared = False
+        else:
+            fd = _storage.create_segment(self._dir, seq)
+            self._syncer.request(fd)
         if self._fd >= 0:
             self._syncer.request(self._fd, CLOSE)
         self._fd = fd
         self._segments[seq] = len(MAGIC)
-        self._syncer.request(fd)
         self._syncer.request(self._dir_fd, FULL)
+
+    async def _prepare_next(self) -> None:
+        """Write the next segment ahead (zeros, synced) on a thread; see ``preallocate``."""
+        try:
+            await asyncio.to_thread(_storage.prepare_segment, self._dir,
+                                    self._config.segment_bytes)
+            self._prepared = True
+        except OSError as exc:  # the next rotation creates a plain segment instead
+            _log.warning("queue could not write its next segment ahead; appends still work, "
+                         "their syncs are slower", extra={"fields": {
+                             "queue": self._config.name, "error": str(exc)}})
+        finally:
+            self._preparing = None
 
     def _synced(self) -> None:
         """On the loop, when the syncer signals: resolve the appends it made durable."""
