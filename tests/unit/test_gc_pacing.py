@@ -3,7 +3,9 @@ cycles that became garbage after they were frozen."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import time
 import weakref
 
 import pytest
@@ -54,3 +56,32 @@ def test_objects_freed_by_reference_counting_are_not_delayed() -> None:
 def test_bad_intervals_are_refused() -> None:
     with pytest.raises(ValueError, match="freeze_every"):
         GcPacer(freeze_every=10, full_every=5)
+
+
+async def test_the_first_freeze_comes_early_then_the_waits_double() -> None:
+    pacer = GcPacer(freeze_every=2.0, full_every=60, first_freeze=0.05)
+    ticks: list[float] = []
+    third = asyncio.Event()
+
+    def tick(*, full: bool) -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 3:
+            third.set()
+
+    pacer.tick = tick  # type: ignore[method-assign]
+    start = time.monotonic()
+    pacer.start()
+    try:
+        await asyncio.wait_for(third.wait(), 5)
+    finally:
+        await pacer.stop()
+    waits = [b - a for a, b in zip([start, *ticks], ticks, strict=False)]
+    assert len(waits) == 3, waits
+    # 0.05 s, then 0.1, 0.2 ... up to freeze_every: long before the 2 s period.
+    assert 0.05 <= waits[0] < 1.0 and waits[1] >= 0.1 and waits[2] >= 0.2, waits
+    assert ticks[2] - start < 2.0, waits
+
+
+def test_a_first_freeze_later_than_the_period_is_refused() -> None:
+    with pytest.raises(ValueError, match="first_freeze"):
+        GcPacer(freeze_every=1, full_every=60, first_freeze=2)
