@@ -220,7 +220,9 @@ async def test_otlp_http_accepts_protobuf_and_refuses_what_it_cannot_store(
             assert status == 400, text
             assert text.startswith(
                 b"the request is not a valid OTLP ExportMetricsServiceRequest: "), text
-        assert b"bad UTF-8" in text, text
+        assert (b"the value of attribute 'route' of metric 'otlp_http_requests' is not valid "
+                b"UTF-8 (byte 0xff at offset 3, after '/pa'); OTLP strings must be UTF-8"
+                in text), text
         await asyncio.sleep(1.5)
         assert sink.counts.samples == 1  # nothing more arrived
     finally:
@@ -273,6 +275,9 @@ async def test_otlp_grpc_refuses_bad_histograms_and_accepts_the_rest(tmp_path: P
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
                 assert str(caught.value.details()).startswith(
                     "the request is not a valid OTLP ExportMetricsServiceRequest: ")
+            assert str(caught.value.details()).endswith(
+                "metric name is not valid UTF-8 (byte 0xff at offset 9, after 'grpc_gaug'); "
+                "OTLP strings must be UTF-8")
         sent = remote_pb2.WriteRequest()
         for body in sink.bodies:
             sent.MergeFromString(body)

@@ -158,6 +158,57 @@ def test_edge_corpus_matches_the_replaced_implementation() -> None:
             assert outcome == want, (case, name)
 
 
+#: Byte sequences that are not UTF-8: a byte never used, an overlong NUL, a surrogate, a
+#: character cut short. Each is bad from its first byte.
+NOT_UTF8 = st.sampled_from([b"\xff", b"\x80", b"\xc0\x80", b"\xed\xa0\x80", b"\xe2\x82",
+                            b"\xf4\x90\x80\x80"])
+#: Text without the placeholders "#" and "$" that mark where the bad bytes go.
+PLAIN = st.text(st.characters(blacklist_characters="#$", blacklist_categories=["Cs"]),
+                max_size=40)
+STRING_FIELDS = {
+    "name": "metric name", "description": "the description of metric 'm'",
+    "unit": "the unit of metric 'm'", "key": "an attribute key of metric 'm'",
+    "value": "the value of attribute 'k' of metric 'm'",
+    "resource": "the value of attribute 'host' of the resource",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(STRING_FIELDS)), PLAIN, NOT_UTF8, PLAIN)
+def test_the_converters_refuse_a_string_that_is_not_utf8_alike(
+        field: str, before: str, bad: bytes, after: str) -> None:
+    """Wherever a string is not UTF-8, both converters refuse the request with the same words:
+    which string, the first bad byte and its offset, the text before it (at most 32 bytes),
+    and what OTLP allows."""
+    def serialized(placeholder: str) -> bytes:
+        text = {name: "m" if name == "name" else "k" if name == "key" else "x"
+                for name in STRING_FIELDS}
+        text[field] = before + placeholder * len(bad) + after
+        return corpus.request(
+            corpus.gauge(text["name"], (1.0, [(text["key"], text["value"])]),
+                         unit=text["unit"], description=text["description"]),
+            resource=[("host", text["resource"])]).SerializeToString()
+
+    # Two placeholders of one length: the bytes where the bodies differ are theirs.
+    body, other = serialized("#"), serialized("$")
+    (start, *_) = differ = [i for i, (x, y) in enumerate(zip(body, other, strict=True))
+                            if x != y]
+    assert differ == list(range(start, start + len(bad)))
+    body = body[:start] + bad + body[start + len(bad):]
+    messages = set()
+    for converter in CONVERTERS.values():
+        with pytest.raises(InvalidArgument) as caught:
+            decode_otlp(body, tenant="t", converter=converter)
+        messages.add(str(caught.value))
+    (message,) = messages
+    at = len(before.encode())
+    shown = before.encode()[max(0, at - 32):].decode("utf-8", "ignore")
+    where = f", after {('...' if at > 32 else '') + shown!r}" if at else ""
+    assert message == ("the request is not a valid OTLP ExportMetricsServiceRequest: "
+                       f"{STRING_FIELDS[field]} is not valid UTF-8 (byte 0x{bad[0]:02x} at "
+                       f"offset {at}{where}); OTLP strings must be UTF-8")
+
+
 @pytest.mark.skipif(otlp.CONVERTER != "c", reason="the C converter is not built")
 @settings(max_examples=300, deadline=None)
 @given(requests(), st.data())

@@ -127,8 +127,9 @@ def test_non_utf8_is_refused() -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_otlp_http(body, tenant="t", content_type="application/x-protobuf")
     assert str(caught.value) == (
-        "the request is not a valid OTLP ExportMetricsServiceRequest: Error parsing message "
-        "with type 'opentelemetry.proto.common.v1.KeyValue': String field had bad UTF-8")
+        "the request is not a valid OTLP ExportMetricsServiceRequest: the value of attribute "
+        "'k' of metric 'g' is not valid UTF-8 (byte 0xff at offset 0); OTLP strings must be "
+        "UTF-8")
 
 
 @pytest.mark.parametrize("converter", sorted(CONVERTERS))
@@ -148,16 +149,38 @@ def test_bytes_that_are_not_a_request_are_invalid_argument(converter: str, body:
 
 
 @pytest.mark.parametrize("converter", sorted(CONVERTERS))
-@pytest.mark.parametrize("where", [b"\x01m", b"\x01k", b"\x01v", b"\x01s"])
-def test_bad_utf8_in_what_is_read_is_invalid_argument(converter: str, where: bytes) -> None:
-    """Metric name, attribute key and value, resource attribute: each read and checked."""
-    req = otlp_corpus.request(otlp_corpus.gauge("m", (1.0, [("k", "v")])),
-                              resource=[("service.name", "s")])
+@pytest.mark.parametrize(("where", "refusal"), [
+    # é cut short: its first byte is the bad one
+    (b"\x04mm\xc3\xa9", "metric name is not valid UTF-8 (byte 0xc3 at offset 2, after 'mm')"),
+    (b"\x02dd", "the description of metric 'mmé' is not valid UTF-8 (byte 0xff at offset 1, "
+                "after 'd')"),
+    (b"\x02uu", "the unit of metric 'mmé' is not valid UTF-8 (byte 0xff at offset 1, after 'u')"),
+    (b"\x01k", "an attribute key of metric 'mmé' is not valid UTF-8 (byte 0xff at offset 0)"),
+    (b"\x01v", "the value of attribute 'k' of metric 'mmé' is not valid UTF-8 (byte 0xff at "
+               "offset 0)"),
+    (b"\x02in", "the value of attribute 'list' of metric 'mmé' is not valid UTF-8 (byte 0xff at "
+                "offset 1, after 'i')"),
+    (b"\x01s", "the value of attribute 'service.name' of the resource is not valid UTF-8 (byte "
+               "0xff at offset 0)"),
+    (b"\x02rk", "an attribute key of the resource is not valid UTF-8 (byte 0xff at offset 1, "
+                "after 'r')"),
+])
+def test_bad_utf8_says_which_string_and_what_is_allowed(converter: str, where: bytes,
+                                                        refusal: str) -> None:
+    """Each string that is read (a metric's name, description and unit; an attribute's key
+    and value, nested values too; the resource's) is checked, and a bad one refuses the whole
+    request (INVALID_ARGUMENT, 400) naming it, its first bad byte and the text before it."""
+    req = otlp_corpus.request(
+        otlp_corpus.gauge("mmé", (1.0, [("k", "v"), ("list", ["in"])]), unit="uu",
+                          description="dd"),
+        resource=[("service.name", "s"), ("rk", "x")])
     body = req.SerializeToString()
     assert body.count(where) == 1
-    with pytest.raises(InvalidArgument):
-        decode_otlp(body.replace(where, b"\x01\xff"), tenant="t",
+    with pytest.raises(InvalidArgument) as caught:
+        decode_otlp(body.replace(where, where[:-1] + b"\xff"), tenant="t",
                     converter=CONVERTERS[converter])
+    assert str(caught.value) == ("the request is not a valid OTLP ExportMetricsServiceRequest: "
+                                 f"{refusal}; OTLP strings must be UTF-8")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@
  * name, merges samples of equal label sets and writes the series in order of first sample.
  *
  * The input is what upb's SerializeToString wrote, but every read is bounds-checked and a
- * malformed request raises ValueError. Holds the GIL throughout (it calls the hooks).
+ * malformed request raises ValueError, as does a metric name, description or unit that is not
+ * UTF-8 (naming it, in the twin's words). Holds the GIL throughout (it calls the hooks).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 enum { K_NONE, K_GAUGE, K_SUM, K_HISTOGRAM, K_EXPONENTIAL, K_SUMMARY };
@@ -597,9 +599,56 @@ static int summary_point(State *s, Metric *m, const uint8_t *p, const uint8_t *e
 
 /* ---------------------------------------------------------------- metrics and resources */
 
-static PyObject *utf8(const Field *f, int present) {
-    return present ? PyUnicode_DecodeUTF8((const char *)f->data, f->len, "strict")
-                   : PyUnicode_FromStringAndSize("", 0);
+/* At most this many bytes of valid text before a bad byte are quoted (as _otlpconvert_py). */
+#define BEFORE_BYTES 32
+
+/* The refusal of a string that is not UTF-8, in _otlpconvert_py.not_utf8's words: `what`,
+   the first bad byte and its offset, and the text before it. Returns NULL. */
+static PyObject *not_utf8(PyObject *what, const uint8_t *data, Py_ssize_t at) {
+    Py_ssize_t from = at > BEFORE_BYTES ? at - BEFORE_BYTES : 0;
+    char byte[8];
+    snprintf(byte, sizeof byte, "0x%02x", data[at]);
+    if (!at) {
+        PyErr_Format(PyExc_ValueError, "%U is not valid UTF-8 (byte %s at offset 0); OTLP "
+                     "strings must be UTF-8", what, byte);
+        return NULL;
+    }
+    /* "ignore": the cut may fall inside a character; all before `at` is valid */
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)data + from, at - from, "ignore");
+    PyObject *before = text ? PyUnicode_FromFormat("%s%U", from ? "..." : "", text) : NULL;
+    Py_XDECREF(text);
+    if (before) {
+        PyErr_Format(PyExc_ValueError, "%U is not valid UTF-8 (byte %s at offset %zd, after "
+                     "%R); OTLP strings must be UTF-8", what, byte, at, before);
+        Py_DECREF(before);
+    }
+    return NULL;
+}
+
+/* A string field as str ("" when absent); ValueError naming it (`what`, then `metric`'s
+   repr when given, e.g. "the unit of metric %R") when it is not UTF-8. */
+static PyObject *utf8(const Field *f, int present, const char *what, PyObject *metric) {
+    if (!present) return PyUnicode_FromStringAndSize("", 0);
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)f->data, f->len, "strict");
+    if (text || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) return text;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_ssize_t at;
+    int found = value && PyUnicodeDecodeError_GetStart(value, &at) == 0;
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (!found) return NULL;
+    if (at < 0 || at >= f->len) {
+        PyErr_SetString(PyExc_SystemError, "UnicodeDecodeError start out of range");
+        return NULL;
+    }
+    PyObject *named = metric ? PyUnicode_FromFormat(what, metric) : PyUnicode_FromString(what);
+    if (!named) return NULL;
+    not_utf8(named, f->data, at);
+    Py_DECREF(named);
+    return NULL;
 }
 
 static int metric(State *s, const uint8_t *p, const uint8_t *end, Label *base,
@@ -633,9 +682,11 @@ static int metric(State *s, const uint8_t *p, const uint8_t *end, Label *base,
         }
         if (r < 0) return -1;
     }
-    PyObject *py_name = utf8(&name, has_name);
-    PyObject *py_description = py_name ? utf8(&description, has_description) : NULL;
-    PyObject *py_unit = py_description ? utf8(&unit, has_unit) : NULL;
+    PyObject *py_name = utf8(&name, has_name, "metric name", NULL);
+    PyObject *py_description = py_name ? utf8(&description, has_description,
+                                              "the description of metric %R", py_name) : NULL;
+    PyObject *py_unit = py_description ? utf8(&unit, has_unit, "the unit of metric %R",
+                                              py_name) : NULL;
     PyObject *answer = NULL;
     if (py_unit) {
         answer = PyObject_CallMethod(

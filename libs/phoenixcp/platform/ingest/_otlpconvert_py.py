@@ -9,7 +9,9 @@ labels, then the slot labels ``__name__``, ``le``, ``quantile`` override by name
 by name and writes bytes. A label is ``(name as UTF-8, its encoded TimeSeries.labels entry)``.
 A histogram point has bounds and one more bucket count, or neither (then its ``le="+Inf"``
 bucket is its count); other shapes, and bounds ``Hooks.bounds`` refuses, are refused
-(``Hooks.refused``, once per reason and metric).
+(``Hooks.refused``, once per reason and metric). A metric name, description or unit that is
+not UTF-8 raises ``ValueError`` worded by :func:`not_utf8`, as the C converter words it;
+broken framing raises upb's ``DecodeError`` here, the C converter's own ``ValueError`` there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from phoenixcp.core.series import STALE_NAN
 from phoenixcp.core.wire import varint as _varint
 from phoenixcp.platform.ingest.otlp_view import metrics_view
 
-__all__ = ["EXPONENTIAL", "GAUGE", "HISTOGRAM", "NONE", "SUM", "SUMMARY", "Hooks", "convert"]
+__all__ = ["EXPONENTIAL", "GAUGE", "HISTOGRAM", "NONE", "SUM", "SUMMARY", "Hooks", "convert",
+           "not_utf8"]
 
 NONE, GAUGE, SUM, HISTOGRAM, EXPONENTIAL, SUMMARY = range(6)
 _KINDS = {None: NONE, "gauge": GAUGE, "sum": SUM, "histogram": HISTOGRAM,
@@ -31,6 +34,30 @@ _NO_RECORDED_VALUE = 1
 _STALE_NAN = STALE_NAN
 _PACK_DOUBLE = struct.Struct("<d").pack
 _LE, _QUANTILE, _NAME = b"le", b"quantile", b"__name__"
+#: At most this many bytes of valid text before a bad byte are quoted (as the C converter).
+_BEFORE_BYTES = 32
+
+
+def not_utf8(what: str, data: bytes, at: int) -> ValueError:
+    """The refusal of ``data``, a string field that is not UTF-8 from offset ``at`` (the
+    ``start`` of its ``UnicodeDecodeError``): ``what`` it is, the bad byte and the text
+    before it, and what OTLP allows. The C converter words it the same."""
+    if not at:
+        return ValueError(f"{what} is not valid UTF-8 (byte 0x{data[0]:02x} at offset 0); "
+                          "OTLP strings must be UTF-8")
+    start = max(0, at - _BEFORE_BYTES)
+    # "ignore": the cut may fall inside a character; all before ``at`` is valid
+    before = ("..." if start else "") + data[start:at].decode("utf-8", "ignore")
+    return ValueError(f"{what} is not valid UTF-8 (byte 0x{data[at]:02x} at offset {at}, "
+                      f"after {before!r}); OTLP strings must be UTF-8")
+
+
+def _text(data: bytes, what: str, metric: str | None = None) -> str:
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise not_utf8(what if metric is None else f"{what} {metric!r}", data,
+                       exc.start) from None
 
 
 class Hooks(Protocol):
@@ -104,14 +131,16 @@ def convert(data: bytes, hooks: Hooks) -> bytes:
     known: dict[bytes, Label | None] = {}
     les: dict[bytes, tuple[bytes, ...]] = {}
     for rm in metrics_view().FromString(data).resource_metrics:
-        base = dict(hooks.resource(rm.resource.SerializeToString()))
+        base = dict(hooks.resource(rm.resource))
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 field = metric.WhichOneof("data")
                 kind = _KINDS[field]
                 body = getattr(metric, field) if field else None
+                name = _text(metric.name, "metric name")
                 names = hooks.metric(
-                    metric.name, metric.description, metric.unit, kind,
+                    name, _text(metric.description, "the description of metric", name),
+                    _text(metric.unit, "the unit of metric", name), kind,
                     kind == SUM and metric.sum.is_monotonic,
                     getattr(body, "aggregation_temporality", 0),
                     len(body.data_points) if body is not None else 0)

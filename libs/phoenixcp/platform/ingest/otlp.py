@@ -36,6 +36,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -61,6 +62,7 @@ from phoenixcp.platform.ingest._otlpconvert_py import (
     SUMMARY,
     Hooks,
     Label,
+    not_utf8,
 )
 from phoenixcp.platform.ingest.otlp_naming import (
     attribute_labels,
@@ -68,6 +70,7 @@ from phoenixcp.platform.ingest.otlp_naming import (
     metric_name,
     unit_name,
 )
+from phoenixcp.platform.ingest.otlp_view import raw_strings_view
 from phoenixcp.platform.ingest.remote_write import batch_from_scan, validate_write_request
 
 __all__ = ["CONVERTER", "Rejected", "decode_otlp", "export_response"]
@@ -90,6 +93,7 @@ _INF = float("inf")
 _JOB_KEYS = ("service.name", "service.namespace", "service.instance.id")
 _META_TYPES = {GAUGE: _MT.GAUGE, SUM: _MT.GAUGE, HISTOGRAM: _MT.HISTOGRAM,
                SUMMARY: _MT.SUMMARY}
+_M = TypeVar("_M", KeyValue, Resource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,8 @@ class _Translation:
         return name.encode(), self.pair(name, value)
 
     def resource(self, data: bytes) -> list[Label]:
-        res = {kv.key: kv.value.string_value for kv in Resource.FromString(data).attributes
+        res = {kv.key: kv.value.string_value
+               for kv in _parsed(Resource, data, metric=None).attributes
                if kv.key in _JOB_KEYS}
         base: list[Label] = []
         if res.get("service.name"):
@@ -192,7 +197,7 @@ class _Translation:
                                  "counts for count and sum only)")
 
     def attribute(self, data: bytes) -> Label | None:
-        kv = KeyValue.FromString(data)
+        kv = _parsed(KeyValue, data, metric=self._metric)
         if not label_name(kv.key):
             return None
         ((name, value),) = attribute_labels([kv]).items()
@@ -223,6 +228,63 @@ class _Translation:
                 type=kind, metric_family_name=name, help=help_text,
                 unit=f"{main}_per_{per}" if per else main,
             )
+
+
+def _parsed(message: type[_M], data: bytes, *, metric: str | None) -> _M:
+    """``message`` (a ``KeyValue`` of a point of ``metric``, or a ``Resource``) parsed from
+    ``data``; when upb refuses it for a string that is not UTF-8, ValueError naming the
+    attribute key or value, as the converter names a metric's strings."""
+    try:
+        return message.FromString(data)
+    except DecodeError:
+        where = "of the resource" if metric is None else f"of metric {metric!r}"
+        refusal = _utf8_refusal(message, data, where)
+        if refusal is None:
+            raise  # broken framing: upb's words
+        raise refusal from None
+
+
+def _utf8_refusal(message: type[_M], data: bytes, where: str) -> ValueError | None:
+    """The refusal of the first attribute in ``data`` (a ``KeyValue`` or ``Resource``) whose
+    key, or a string in whose value, is not UTF-8; None if there is none."""
+    try:
+        raw = getattr(raw_strings_view(), message.DESCRIPTOR.name).FromString(data)
+    except DecodeError:
+        return None
+    for kv in [raw] if message is KeyValue else raw.attributes:
+        try:
+            key = kv.key.decode()
+        except UnicodeDecodeError as exc:
+            return not_utf8(f"an attribute key {where}", kv.key, exc.start)
+        bad = _bad_string(kv.value)
+        if bad is not None:
+            return not_utf8(f"the value of attribute {key!r} {where}", *bad)
+    return None
+
+
+def _bad_string(value: Any) -> tuple[bytes, int] | None:
+    """The first string of a raw ``AnyValue`` (arrays and key-value lists walked) that is not
+    UTF-8, with the offset of its first bad byte."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        strings = [value.string_value]
+        nested: list[Any] = []
+    elif kind == "array_value":
+        strings, nested = [], list(value.array_value.values)
+    elif kind == "kvlist_value":
+        strings = [kv.key for kv in value.kvlist_value.values]
+        nested = [kv.value for kv in value.kvlist_value.values]
+    else:
+        return None
+    for text in strings:
+        try:
+            text.decode()
+        except UnicodeDecodeError as exc:
+            return text, exc.start
+    for inner in nested:
+        if (bad := _bad_string(inner)) is not None:
+            return bad
+    return None
 
 
 def _bounds_problem(bounds: array[float]) -> str:
@@ -257,8 +319,10 @@ def decode_otlp(
     Never raises for bad points: they are counted in :class:`Rejected`. Bytes that are not an
     ``ExportMetricsServiceRequest`` raise :class:`InvalidArgument`: the converter walks them
     in place of a parse, and refuses broken framing and bad UTF-8 in what it reads (names,
-    units, descriptions, attributes, the resource); the parts it skips (scopes, exemplars,
-    unknown fields) are not checked. Pure CPU work. ``converter`` picks an implementation
+    units, descriptions, attributes, the resource), the whole request, saying which string
+    (e.g. "the unit of metric 'm' is not valid UTF-8 (byte 0xff at offset 1, after 'k');
+    OTLP strings must be UTF-8"); the parts it skips (scopes, exemplars, unknown fields) are
+    not checked. Pure CPU work. ``converter`` picks an implementation
     (tests run both); default: the C one if built.
     """
     start = time.monotonic_ns() if received_at is None else received_at
