@@ -22,7 +22,7 @@ from typing import Any
 
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from phoenixcp.core.batch import MetricBatch
-from phoenixcp.errors import InvalidArgument, ResourceExhausted
+from phoenixcp.errors import InvalidArgument, ResourceExhausted, Unavailable
 from phoenixcp.platform.http import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from phoenixcp.platform.ingest import (
     TENANT_HEADER,
@@ -40,6 +40,9 @@ Decode = Callable[[HttpRequest, str], tuple[MetricBatch, HttpResponse]]
 
 PROTOBUF = "application/x-protobuf"
 _NO_CONTENT = HttpResponse(204)
+_UNAVAILABLE_RETRY = "30"
+"""Retry-After (s) when a queue cannot write to disk: it stays so until the replica restarts
+(runbook queue-disk-failing), so senders should not hammer it."""
 _OTLP_ALL_ACCEPTED = HttpResponse(200, export_response(Rejected()).SerializeToString(),
                                   content_type=PROTOBUF)
 
@@ -118,6 +121,11 @@ class HttpIngest:
                 retry = str(max(1, math.ceil(exc.retry_after or 1)))
                 return HttpResponse.text(429, f"{exc}; retry after {retry}s\n",
                                          headers={"Retry-After": retry})
+            except Unavailable as exc:  # the queue's disk failed: keep the data, send later
+                child(m.requests, receiver, "unavailable").inc()
+                child(m.rejected, receiver, "unavailable").inc(batch.sample_count)
+                return HttpResponse.text(503, f"{exc}; retry after {_UNAVAILABLE_RETRY}s\n",
+                                         headers={"Retry-After": _UNAVAILABLE_RETRY})
             child(m.requests, receiver, "accepted").inc()
             child(m.accepted, receiver).inc(batch.sample_count)
             return reply

@@ -1,0 +1,62 @@
+"""A queue whose disk failed: remote-write senders get 503 with Retry-After, not a 500."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from metrics_pipeline.ingest_http import HttpIngest
+from metrics_pipeline.ingest_metrics import IngestMetrics
+from phoenixcp.core.batch import MetricBatch
+from phoenixcp.platform.queue import DurableQueue, QueueConfig, _syncer_py
+from phoenixcp.platform.queue import queue as queue_module
+from tests.integration._pipeline_support import snappy, write_request
+
+pytestmark = pytest.mark.unit
+
+
+class _BrokenDiskSyncer(_syncer_py.Syncer):
+    """Every plain sync goes to a pipe, where fdatasync fails with EINVAL: a failing disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pipe = os.pipe()
+
+    def request(self, fd: int, flags: int = 0) -> int:
+        return super().request(self._pipe[1] if not flags else fd, flags)
+
+
+async def test_a_failed_queue_answers_503_with_retry_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "Syncer", _BrokenDiskSyncer)
+    queue = DurableQueue(config=QueueConfig(directory=tmp_path, name="t"))
+    await queue.start()
+
+    async def accept(batch: MetricBatch) -> None:
+        await queue.append(batch.write_request, count=batch.sample_count)
+
+    registry = CollectorRegistry()
+    ingest = HttpIngest(host="127.0.0.1", port=0, max_bytes=1 << 20, accept=accept,
+                        metrics=IngestMetrics(registry))
+    port = await ingest.start()
+    body = snappy(write_request([((("__name__", "up"),), [(1000, 1.0)])]))
+    headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(2):  # the sync that failed, then an append refused at once
+                async with session.post(f"http://127.0.0.1:{port}/api/v1/write", data=body,
+                                        headers=headers) as r:
+                    assert r.status == 503
+                    assert r.headers["Retry-After"] == "30"
+                    assert "queue t" in await r.text()
+        assert not await queue.get(10, timeout=0.05)  # nothing handed on as accepted
+    finally:
+        await ingest.shutdown()
+        await queue.close()
+    assert registry.get_sample_value(
+        "phoenix_pipeline_points_rejected_total",
+        {"receiver": "remote_write", "reason": "unavailable"}) == 2
