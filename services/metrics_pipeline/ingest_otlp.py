@@ -27,7 +27,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from phoenixcp.core.batch import MetricBatch
-from phoenixcp.errors import InvalidArgument, ResourceExhausted
+from phoenixcp.errors import InvalidArgument, ResourceExhausted, Unavailable
 from phoenixcp.platform.ingest import (
     TENANT_METADATA_KEY,
     decode_otlp,
@@ -82,6 +82,10 @@ class OtlpMetricsServicer:
                     m.requests.labels(RECEIVER, "queue_full").inc()
                     m.rejected.labels(RECEIVER, "queue_full").inc(batch.sample_count)
                     await context.abort_with_status(rpc_status.to_status(_exhausted(exc)))
+                except Unavailable as exc:  # the queue's disk failed: the sender keeps the data
+                    m.requests.labels(RECEIVER, "unavailable").inc()
+                    m.rejected.labels(RECEIVER, "unavailable").inc(batch.sample_count)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 m.accepted.labels(RECEIVER).inc(batch.sample_count)
             m.requests.labels(RECEIVER, "accepted").inc()
             return reply
