@@ -3,7 +3,6 @@ UNAVAILABLE; neither an internal error."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import aiohttp
@@ -19,27 +18,18 @@ from metrics_pipeline.ingest_http import HttpIngest
 from metrics_pipeline.ingest_metrics import IngestMetrics
 from metrics_pipeline.ingest_otlp import OtlpIngest
 from phoenixcp.core.batch import MetricBatch
-from phoenixcp.platform.queue import DurableQueue, QueueConfig, _syncer_py
+from phoenixcp.platform.queue import DurableQueue, QueueConfig
 from phoenixcp.platform.queue import queue as queue_module
 from tests.integration._pipeline_support import snappy, write_request
+from tests.unit._failing_syncer import FailingSyncer
 
 pytestmark = pytest.mark.unit
 
 
-class _BrokenDiskSyncer(_syncer_py.Syncer):
-    """Every plain sync goes to a pipe, where fdatasync fails with EINVAL: a failing disk."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pipe = os.pipe()
-
-    def request(self, fd: int, flags: int = 0) -> int:
-        return super().request(self._pipe[1] if not flags else fd, flags)
-
-
 async def test_a_failed_queue_answers_503_with_retry_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "Syncer", _BrokenDiskSyncer)
+    monkeypatch.setattr(queue_module, "Syncer", FailingSyncer)
+    monkeypatch.setattr(FailingSyncer, "fail_at_start", True)
     queue = DurableQueue(config=QueueConfig(directory=tmp_path, name="t"))
     await queue.start()
 
@@ -71,7 +61,8 @@ async def test_a_failed_queue_answers_503_with_retry_after(
 
 async def test_a_failed_queue_answers_otlp_grpc_with_unavailable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "Syncer", _BrokenDiskSyncer)
+    monkeypatch.setattr(queue_module, "Syncer", FailingSyncer)
+    monkeypatch.setattr(FailingSyncer, "fail_at_start", True)
     queue = DurableQueue(config=QueueConfig(directory=tmp_path, name="t"))
     await queue.start()
 

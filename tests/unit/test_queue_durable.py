@@ -7,7 +7,6 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,6 +21,7 @@ from phoenixcp.platform.queue import (
     _syncer_py,
 )
 from phoenixcp.platform.queue import queue as queue_module
+from tests.unit._failing_syncer import FailingSyncer
 
 pytestmark = pytest.mark.unit
 
@@ -248,28 +248,13 @@ async def test_append_after_close_is_unavailable(tmp_path: Path) -> None:
     assert os.listdir(tmp_path)
 
 
-class _FailingSyncer(_syncer_py.Syncer):
-    """Syncs a pipe instead of the segment once ``fail`` is set: fdatasync fails (EINVAL)."""
-
-    made: ClassVar[list[_FailingSyncer]] = []
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fail = False
-        self._pipe = os.pipe()
-        self.made.append(self)
-
-    def request(self, fd: int, flags: int = 0) -> int:
-        return super().request(self._pipe[1] if self.fail and not flags else fd, flags)
-
-
 async def test_a_failed_sync_fails_the_append_and_every_later_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queue_module, "Syncer", _FailingSyncer)
+    monkeypatch.setattr(queue_module, "Syncer", FailingSyncer)
     q = DurableQueue(config=config(tmp_path))
     await q.start()
     await q.append(b"kept", count=1)
-    _FailingSyncer.made[-1].fail = True
+    FailingSyncer.made[-1].fail = True
     with pytest.raises(Unavailable, match="Invalid argument"):
         await q.append(b"unsure", count=1)
     with pytest.raises(Unavailable, match=r"cannot write to disk: .*Invalid argument"):
