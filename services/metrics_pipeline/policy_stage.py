@@ -26,6 +26,7 @@ from phoenixcp.core.batch import MetricBatch
 from phoenixcp.core.policy.engine import MergedOutput, PolicyEngine
 from phoenixcp.core.policy.window import TenantSnapshot
 from phoenixcp.errors import ResourceExhausted
+from phoenixcp.platform.idle_work import run_when_idle
 from phoenixcp.platform.ingest.encode import batch_of_points
 
 __all__ = ["PolicyStage"]
@@ -104,15 +105,15 @@ class PolicyStage:
 
     async def windows(self, *, replica_count: int) -> list[TenantSnapshot]:
         """Close the engine's windows; counts per-policy effects on /metrics. The windows are
-        taken at once; their snapshots are built on a worker thread, so batches keep flowing
-        meanwhile (the thread gets the GIL in slices; the loop is never held for the whole
-        build)."""
+        taken at once; their snapshots are built on a worker thread that runs while the loop
+        sleeps and parks at its checkpoints while the loop has work
+        (:func:`~phoenixcp.platform.idle_work.run_when_idle`), so batches keep flowing."""
         jobs = self.engine.window_jobs(replica_count=replica_count)
         if self.feeds is not None:
             self.feeds.end_windows()
         for tenant, held in self.engine.series_held().items():
             self._metrics.series.labels(tenant).set(held)
-        snapshots = await asyncio.to_thread(lambda: [job() for job in jobs])
+        snapshots = await run_when_idle(lambda: [job() for job in jobs])
         for snap in snapshots:
             for metric in snap.metrics:
                 for t in metric.policies:

@@ -18,7 +18,6 @@ no Phoenix error of its own, is answered here with its ``ErrorDetail``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -54,6 +53,7 @@ from phoenixcp.core.series import METRIC_NAME_LABEL
 from phoenixcp.errors import InvalidArgument, PhoenixError, Unavailable
 from phoenixcp.platform.bus import EventPublisher
 from phoenixcp.platform.coord.ports import ReplicatedState
+from phoenixcp.platform.idle_work import run_when_idle
 from phoenixcp.platform.policy import PolicyRejected, PolicyStore, Violation, policy_from_proto
 from phoenixcp.platform.policy.codec import id_problem, tenant_problem
 from phoenixcp.platform.rpc.authz import peer_identity
@@ -351,7 +351,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         candidate = policy_from_proto(request.policy, field_prefix="policy.")
         window = await self._window(candidate.tenant, context, series=True)
         examples = min(request.max_examples or _DEFAULT_EXAMPLES, _MAX_EXAMPLES)
-        # Routing every series of a window is CPU work: keep it off the event loop.
-        result = await asyncio.to_thread(dry_run, candidate, window,
-                                         replica=self._engine.replica_id, max_examples=examples)
+        # Routing every series of a window is CPU work: off the event loop, while it sleeps.
+        result = await run_when_idle(lambda: dry_run(candidate, window,
+                                                     replica=self._engine.replica_id,
+                                                     max_examples=examples))
         return _dry_run_response(result, self._replica.identity())

@@ -23,6 +23,7 @@ from phoenixcp.errors import ConfigError, PhoenixError
 from phoenixcp.platform import logs
 from phoenixcp.platform.config import ServiceConfig, load_service_config
 from phoenixcp.platform.gc_pacing import GcPacer
+from phoenixcp.platform.idle_work import new_event_loop
 from phoenixcp.platform.service import ServiceApp
 
 __all__ = ["EXIT_CONFIG", "main", "serve"]
@@ -66,7 +67,8 @@ def serve(service: str, config_path: Path | None) -> int:
     package: _ServicePackage = importlib.import_module(f"{service_identity(service).package}.app")
     try:
         app = package.build(config)
-        asyncio.run(_run(app))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_run(app))
     except ConfigError as exc:
         print(f"{prog}: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

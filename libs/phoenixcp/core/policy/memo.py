@@ -16,13 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from phoenixcp.core.batch import LabelSet
+from phoenixcp.core.checkpoints import checkpoint
 
 __all__ = ["SeriesMemo"]
 
 _Labels = Sequence[LabelSet | None] | npt.NDArray[np.object_]
 """Label sets aligned with keys: a list, or an object array taken from the index."""
 
-_LEARN_CHUNK = 8192
+_LEARN_CHUNK = 2048
 
 _Grouping = tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.intp], list[int]]
 _Pairs = frozenset[tuple[str, str]]
@@ -166,7 +167,9 @@ class SeriesMemo:
         metrics: list[int] = []
         flat: list[int] = []
         name_ids, pair_ids = self._name_ids, self._pair_ids
-        for lb in labels:
+        for n, lb in enumerate(labels):
+            if not n % 128:
+                checkpoint()  # ~3 us per new series
             have.append(lb is not None)
             if lb is None:
                 continue

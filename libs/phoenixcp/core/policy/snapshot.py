@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from phoenixcp.core.batch import LabelSet
+from phoenixcp.core.checkpoints import checkpoint
 from phoenixcp.core.policy.memo import SeriesMemo, _Labels
 from phoenixcp.core.policy.model import MetricKind, PriorityClass
 from phoenixcp.core.policy.plan import Code, Plan, Route
@@ -82,8 +83,10 @@ class SnapshotBuilder:
         series (and sample) ascending by key."""
         memo = self._memo
         rows = memo.rows(keys, self._positions, labels)
+        checkpoint()
         known = rows >= 0
         mids, names, order, bounds = memo.grouping(keys, rows)
+        checkpoint()
         code = np.fromiter((r.code for r in routes), dtype=np.int8, count=len(routes))
         over = np.fromiter((r.overflow for r in routes), dtype=bool, count=len(routes))
         group = np.fromiter((r.group_key for r in routes), dtype=np.uint64, count=len(routes))
@@ -102,9 +105,11 @@ class SnapshotBuilder:
         overflowed_n = per_metric(overflow_mask)
         merged_n = per_metric(merged & ~overflow_mask)
 
+        checkpoint()
         active = (np.where(merged, group[route_ids] if len(routes) else keys, keys),
                   known & ~dropped, known & ~merged & ~dropped)
         tallies = self._tallies(mids, route_ids, points, routes, known)
+        checkpoint()
         flushes = max(1, window_ms // _FLUSH_MS)
         if not known.all():  # series with no labels are left out (metric runs in order)
             order = order[known[order]]
@@ -125,6 +130,7 @@ class SnapshotBuilder:
         for profile, outputs, live, passing in self._profiles(active, keys, rows, known):
             keys_out, lives, passes = outputs[order], live[order], passing[order]
             for j, (_, lo, hi) in enumerate(runs):
+                checkpoint()
                 live_out, pass_out = lives[lo:hi], passes[lo:hi]
                 # Series that pass keep their own key: ascending and distinct already; when
                 # all pass, the metric's keys are shared (a view), not copied per profile.
@@ -141,6 +147,7 @@ class SnapshotBuilder:
                                               + flushes * max(0, n_groups))
         out = []
         for j, (m, lo, hi) in enumerate(runs):
+            checkpoint()
             name = names[m]
             metric_keys = keys_m[lo:hi]
             top = slice(lo, min(hi, lo + self._k))
@@ -192,6 +199,8 @@ class SnapshotBuilder:
         todo_keys = keys[todo].tolist()
         todo_labels = memo.labels(rows[todo])
         for n, i in enumerate(todo.tolist()):
+            if n % 64 == 0:
+                checkpoint()
             if n % 64 == 0 and time.process_time() > deadline:
                 self.unrouted += len(todo) - n
                 break

@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from phoenixcp.core.policy.window import TenantSnapshot
+from phoenixcp.platform.idle_work import run_when_idle
 from phoenixcp.platform.telemetry.window_report import ReportCache, encode_reports, report_id
 
 __all__ = ["DEFAULT_MAX_BYTES", "REPORT_SUBJECT_PREFIX", "ReportPublisher", "WindowReporter"]
@@ -136,7 +137,7 @@ class WindowReporter:
                 return 0
             if not snapshots:
                 return 0
-            built = await asyncio.to_thread(self._build, snapshots)
+            built = await run_when_idle(lambda: self._build(snapshots))
             published = 0
             for report in built:
                 published += await self._publish(report)

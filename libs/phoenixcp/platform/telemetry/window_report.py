@@ -27,6 +27,7 @@ import numpy.typing as npt
 from google.protobuf import timestamp_pb2
 
 from phoenixcp.api.phoenix.v1 import common_pb2, state_pb2, telemetry_pb2
+from phoenixcp.core.checkpoints import checkpoint
 from phoenixcp.core.policy.window import (
     MetricSnapshot,
     PointTally,
@@ -171,8 +172,10 @@ def encode_reports(
     tenant = _tenant_fields(snapshot).SerializeToString()
     old, new = (cache._swap(snapshot.tenant) if cache is not None
                 else (_TenantCache(), _TenantCache()))
-    pieces = [_MetricPiece.build(m, snapshot.active_profile, sample_k, lg_k, old, new)
-              for m in snapshot.metrics]
+    pieces = []
+    for m in snapshot.metrics:
+        checkpoint()  # each metric is up to ~10 ms of CPU in a cold window
+        pieces.append(_MetricPiece.build(m, snapshot.active_profile, sample_k, lg_k, old, new))
     groups = _pack(pieces, first=base + len(tenant), base=base, max_bytes=max_bytes)
     return [b"".join([header, tenant if index == 0 else b"",
                       *(piece.field() for piece in group),
@@ -290,8 +293,12 @@ def _series_prefixes(metric: str, columns: SeriesColumns, old: _TenantCache,
         prefixes = last[1]
     else:
         known = dict(zip(last[0].tolist(), last[1], strict=True)) if last is not None else {}
-        prefixes = [known.get(key) or _series_prefix(key, labels)
-                    for key, labels in zip(columns.keys.tolist(), columns.labels, strict=True)]
+        prefixes = []
+        for i, (key, labels) in enumerate(zip(columns.keys.tolist(), columns.labels,
+                                              strict=True)):
+            if not i % 16:
+                checkpoint()  # a new series' prefix is ~40 us
+            prefixes.append(known.get(key) or _series_prefix(key, labels))
     new.samples[metric] = (columns.keys, prefixes)
     return prefixes
 
@@ -325,6 +332,7 @@ def _label_windows(metric: str, pairs: frozenset[tuple[str, str]], lg_k: int,
     values.pop(METRIC_NAME_LABEL, None)
     windows = []
     for name in sorted(values):
+        checkpoint()
         blob = hll_of_strings(sorted(values[name]), lg_k)
         windows.append(_field(_LABELS_TAG, telemetry_pb2.LabelWindow(
             label_name=name, values_hll=blob,
