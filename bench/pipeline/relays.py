@@ -186,7 +186,8 @@ class PhoenixRelay:
     The config fills ``pipeline.http_listen`` (remote-write ingest at ``/api/v1/write``),
     ``pipeline.otlp_grpc_listen`` (OTLP/gRPC ``MetricsService/Export``, plaintext: ingest_tls
     off), ``pipeline.exporters[0].endpoint`` (the sink; default ``flush_interval``, 1 s),
-    ``pipeline.data_dir`` (the durable queue, fsync ``always`` as in production) and
+    ``pipeline.data_dir`` (the durable queue; ``queue_fsync`` as given: ``interval``, the
+    default, or ``always``) and
     ``metrics.listen`` (``phoenix_queue_bytes``, the ingest and end-to-end latency histograms)
     and, when the scenario has any, ``pipeline.static_policies`` (``Policy`` documents of
     state.proto, as in bench/pipeline/policies/). NATS, etcd and the local CA are set up on the
@@ -196,8 +197,10 @@ class PhoenixRelay:
     flush_interval_s = 1.0  # the exporter's default flush_interval, which the config keeps
 
     def __init__(self, *, data_dir: Path, sink_write_url: str, cpu: int, driver_cpu: int,
-                 static_policies: list[dict[str, Any]] | None = None) -> None:
+                 static_policies: list[dict[str, Any]] | None = None,
+                 queue_fsync: str = "interval") -> None:
         self.data_dir = data_dir
+        self.queue_fsync = queue_fsync
         self.sink_write_url = sink_write_url
         self.cpu, self.driver_cpu = cpu, driver_cpu
         self.static_policies = list(static_policies or [])
@@ -243,7 +246,7 @@ pipeline:
   otlp_grpc_listen: 127.0.0.1:{self.otlp_port}
   ingest_tls: "off"
   data_dir: {self.data_dir / "queue"}
-  queue_fsync: always
+  queue_fsync: {self.queue_fsync}
   exporters:
     - name: sink
       type: remote-write

@@ -438,7 +438,7 @@ def make_relay(target: str, args: argparse.Namespace, sink_url: str, work: Path)
                             relabel_config=scenario.vmagent_relabel_config)
     return PhoenixRelay(data_dir=data_dir, sink_write_url=f"{sink_url}/api/v1/write",
                         cpu=args.relay_cpu, driver_cpu=args.driver_cpu,
-                        static_policies=scenario.policies())
+                        static_policies=scenario.policies(), queue_fsync=args.fsync)
 
 
 def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
@@ -548,6 +548,10 @@ def main() -> None:
     parser.add_argument("--probe-duration", type=float, default=8.0,
                         help="latency mode: seconds of the unpaced capacity probe")
     parser.add_argument("--load-fraction", type=float, default=0.5)
+    parser.add_argument("--fsync", choices=("interval", "always"), default="interval",
+                        help="Phoenix's pipeline.queue_fsync: interval (the default, ADR "
+                             "0016: answered once written, synced every second) or always "
+                             "(answered once fdatasync'ed)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--show-config", action="store_true",
                         help="print how each relay is started for the scenario (vmagent's "
@@ -710,8 +714,8 @@ def print_table(results: dict[str, Any], ratio: dict[str, float] | None,
         targets = {"ingest_p99_ms": "≤ 5", "e2e_p99_ms": f"≤ {e2e_target:g}"}
     names = list(results)
     client = "wrk" if not otlp else "otlp_driver"
-    print(f"{args.protocol}, {args.mode}, scenario {args.scenario}; client latency = {client}'s "
-          "(request sent → answered)")
+    print(f"{args.protocol}, {args.mode}, scenario {args.scenario}, Phoenix queue_fsync "
+          f"{args.fsync}; client latency = {client}'s (request sent → answered)")
     print(f"{'median of rounds':32}" + "".join(f"{n:>14}" for n in names)
           + (f"{'phoenix/vmagent':>18}" if ratio else "") + (f"{'target':>10}" if targets else ""))
     for label, key, scale, unit in rows:

@@ -73,6 +73,7 @@ class Forwarder:
             queue = DurableQueue(config=QueueConfig(
                 directory=data_dir / "queue" / exporter.name, name=exporter.name,
                 max_bytes=config.queue_max_bytes, fsync=FsyncPolicy(config.queue_fsync),
+                fsync_interval=config.queue_fsync_interval,
                 preallocate=config.queue_preallocate,
                 # Small queues get small segments, so space frees up as records are sent.
                 segment_bytes=min(_SEGMENT_BYTES, config.queue_max_bytes // 4),

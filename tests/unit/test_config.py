@@ -28,6 +28,12 @@ def test_defaults_without_a_file() -> None:
     assert config.etcd.endpoints == ("127.0.0.1:2379",)
 
 
+def test_the_pipeline_answers_once_written_and_syncs_every_second_by_default() -> None:
+    pipeline = load_service_config(None, "metrics-pipeline", environ={}).pipeline
+    assert pipeline.queue_fsync == "interval"  # ADR 0016
+    assert pipeline.queue_fsync_interval == timedelta(seconds=1)
+
+
 def test_file_values_and_environment_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, "grpc:\n  listen: 127.0.0.1:7000\n  drain_grace: 1m30s\n"
                            "etcd:\n  endpoints: [a:1, b:2]\n")
@@ -67,6 +73,10 @@ def test_every_leaf_key_has_an_environment_variable() -> None:
         ("grpc: 5\n", "grpc: expected a mapping"),
         ("- a\n- b\n", "must hold a mapping"),
         ("grpc: [\n", "is not valid YAML at line"),
+        ("pipeline:\n  queue_fsync: sometimes\n",
+         "pipeline.queue_fsync: 'sometimes' is not allowed; use one of: always, interval, never"),
+        ("pipeline:\n  queue_fsync_interval: 5ms\n",
+         "pipeline.queue_fsync_interval: 5ms is out of range; use 10ms to 1m"),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(tmp_path: Path, text: str, expected: str) -> None:
