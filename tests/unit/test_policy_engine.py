@@ -288,3 +288,30 @@ def test_series_held_counts_each_series_once_and_forgets_silent_ones() -> None:
     assert engine.series_held() == {"acme": 40, "other": 5}
     [job() for job in engine.window_jobs()]  # the sixth silent window
     assert engine.series_held() == {"acme": 1, "other": 0}
+
+
+def test_series_routed_again_after_their_labels_moved_to_the_memo_merge_by_their_labels(
+) -> None:
+    """After two window closes the engine keeps a series' labels only as the memo's pair
+    ids; a policy that arrives then routes the held series from those, with the same
+    result as from the labels they came with."""
+    clock = Clock()
+    source = Source()
+    engine = PolicyEngine(replica_id="r1", clock_ms=clock)
+    engine.apply(source)
+    sent = [req(u, float(u), route=f"/{u % 3}") for u in range(30)]
+    for t in range(2):  # the first close learns the labels, the second lets the index go
+        engine.process(batch(sent, 1000 + t))
+        clock.ms += 10_000
+        (snap,) = engine.close_window()
+    (metric,) = snap.metrics
+    assert sorted(dict(s.labels)["user_id"] for s in metric.series) == sorted(
+        f"u{u}" for u in range(30))
+    engine.apply(Source(own=(PolicySpec(id="no-user", action=Aggregate(without=("user_id",)),
+                                        match=MetricSelector(metric_name="http_requests_total")),)))
+    out = engine.process(batch(sent, 30_000))
+    assert out.passthrough is None and out.tally.merged == 30
+    clock.ms += 15_000
+    sums = merged(engine.flush())
+    assert {dict(labels)["route"]: v for labels, v in sums.items()} == {
+        f"/{r}": float(sum(u for u in range(30) if u % 3 == r)) for r in range(3)}

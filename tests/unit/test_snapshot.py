@@ -208,3 +208,30 @@ def test_forgotten_label_pairs_are_pruned_and_pairs_stay_right() -> None:
                                  for pair in tenant.catalog[key])
             assert metric.label_pairs == expected
     assert tenant.made > 9_000 and memo.pair_count < 6_000  # not every value ever seen
+
+
+def test_the_memo_gives_back_each_held_series_labels_through_pruning_and_slot_reuse() -> None:
+    """The engine drops its own copy of a series' labels once the memo holds them, so the
+    memo's are the only ones: they must be the labels the series came with, after pair ids
+    were pruned and renumbered and after slots went to other series."""
+    tenant = Tenant(seed=13, unique_users=True)
+    memo = SeriesMemo()
+    live = tenant.new_series(1_200)
+    for number in range(6):
+        gone = live[:1_000]
+        window = tenant.window(live)
+        snapshot(tenant, window, memo, {}, start_ms=number * 10_000)
+        assert memo.label_sets(window.slots, window.keys) == [
+            tenant.catalog[key] for key in window.keys.tolist()]
+        assert memo.holds(window.slots, window.keys).all()
+        stale_slots = window.slots[np.isin(window.keys, gone)]
+        tenant.forget(gone)
+        live = live[1_000:] + tenant.new_series(1_000)  # reuses the slots of those gone
+        window = tenant.window(live)
+        reused = np.isin(window.slots, stale_slots)
+        assert reused.any()
+        # A slot now given to a new series: the memo does not hold the new key there yet.
+        assert not memo.holds(window.slots[reused], window.keys[reused]).any()
+        assert memo.label_sets(window.slots[reused], window.keys[reused]) == [None] * int(
+            reused.sum())
+    assert tenant.made > 6_000 and memo.pair_count < 6_000  # pruning ran

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -371,19 +371,36 @@ class PolicyEngine:
         """Route ids of the series at index ``slots``, routed afresh."""
         route, table_id = tenant.plan.route, tenant.table.id
         kinds, kind = tenant.kind_cache, tenant.kind
-        index = tenant.index
         out = []
-        for key, labels in zip(index.keys[slots].tolist(), index.labels[slots].tolist(),
-                               strict=True):
+        for key, labels in zip(tenant.index.keys[slots].tolist(),
+                               self._labels_of(tenant, slots), strict=True):
             name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
             out.append(table_id(route(labels, kinds.get(name) or kind(name), now_ms, key)))
         return np.asarray(out, dtype=np.int32)
 
     def _route(self, tenant: _Tenant, slot: int, now_ms: int) -> Route:
         """The route of the series at index ``slot``, routed afresh."""
-        key, labels = int(tenant.index.keys[slot]), tenant.index.labels[slot]
+        key = int(tenant.index.keys[slot])
+        labels = self._labels_of(tenant, np.asarray([slot]))[0]
         name = labels[0][1] if labels and labels[0][0] == METRIC_NAME_LABEL else ""
         return tenant.plan.route(labels, tenant.kind(name), now_ms, key)
+
+    @staticmethod
+    def _labels_of(tenant: _Tenant, slots: npt.NDArray[np.int64]) -> list[LabelSet]:
+        """The labels of the series at index ``slots``: the index holds a series' labels
+        until a window's memo has learned them (see :meth:`_take`), the memo after."""
+        index = tenant.index
+        found: list[LabelSet | None] = index.labels[slots].tolist()
+        gone = [i for i, labels in enumerate(found) if labels is None]
+        if gone:
+            at = slots[gone]
+            for i, labels in zip(gone, tenant.memo.label_sets(at, index.keys[at]),
+                                 strict=True):
+                found[i] = labels
+        if any(labels is None for labels in found):
+            raise AssertionError("a held series has its labels in neither the index nor "
+                                 "the memo")
+        return cast(list[LabelSet], found)
 
     def _target(self, tenant: str, spec: MergeSpec, now_ms: int) -> _Target:
         fast = self._by_spec.get(spec)  # by identity: no deep hash of the fingerprint
@@ -616,8 +633,10 @@ class PolicyEngine:
         # series are routed again next window (within the shadow budget).
         shadows = {name: (shadow, index.column(name)) for name, shadow in tenant.shadows.items()}
         # The labels of the window's series, taken now: a batch may reuse a forgotten
-        # series' slot while the job runs.
+        # series' slot while the job runs. The index lets go of those the memo holds (it
+        # makes them again when asked): one copy of each series' labels, as pair ids.
         labels = index.labels[pos]
+        index.labels[pos[tenant.memo.holds(pos, keys)]] = None
         index.end_window(window.number, _KEEP_WINDOWS)
         if not plan.empty and plan.expire_caps(now_ms):
             index.clear_routes()

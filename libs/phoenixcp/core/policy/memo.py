@@ -1,15 +1,17 @@
 """What a tenant's window close keeps of its series from one window to the next.
 
 :class:`SeriesMemo` holds, per index slot, what depends on a series' labels alone (its
-metric, its labels, the ids of its label pairs), so that
-:class:`~phoenixcp.core.policy.snapshot.SnapshotBuilder` reads a series' labels in Python
-only in the first window that sees it; also the last window's grouping by metric and each
-metric's distinct label pairs. The engine keeps one per tenant and hands it to the builder
-of each window: long-lived state with its own memory cost, apart from one window's work.
+metric and the ids of its label pairs, from which its labels are made again when asked
+for), so that :class:`~phoenixcp.core.policy.snapshot.SnapshotBuilder` reads a series' labels
+in Python only in the first window that sees it; also the last window's grouping by metric
+and each metric's distinct label pairs. The engine keeps one per tenant and hands it to the
+builder of each window: long-lived state with its own memory cost, apart from one window's
+work. Once the memo holds a series, the engine lets go of its label tuple (ADR 0012).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,23 +35,26 @@ class SeriesMemo:
     """What a tenant's window close keeps of its series from one window to the next.
 
     Per index slot (the engine's series index gives each live series a slot and reuses the
-    slots of forgotten ones): the key held there, its metric, its labels and the ids of its
-    label pairs, so a series seen before costs a numpy gather, not a Python dict lookup. A
+    slots of forgotten ones): the key held there, its metric and the ids of its label pairs
+    (in the order of its labels), so a series seen before costs a numpy gather, not a Python
+    dict lookup; its labels are made again from the pairs (:meth:`labels`). A
     slot whose key changed is learned again from the labels given; a key is the hash of its
     labels, so what is kept for a key never goes stale. Also kept: the last window's
     grouping by metric (reused while the window holds the same keys) and each metric's keys
     and distinct label pairs (reused while the metric's keys do not change).
 
-    Memory: about ``21 + 4 * labels`` bytes per slot, plus each distinct label pair once
-    (pairs no slot holds are forgotten when they outnumber the live ones). Not thread-safe:
-    the engine's event loop is the one caller.
+    Memory: about ``13 + 4 * labels`` bytes per slot, plus each distinct label pair once
+    (pairs no slot holds are forgotten when they outnumber the live ones). One thread at a
+    time builds windows with it (:meth:`rows`, :meth:`grouping`, :meth:`label_pairs`);
+    :meth:`labels`, :meth:`label_sets` and :meth:`holds` may be called from another thread
+    meanwhile (the engine's event loop): a lock, never held across a checkpoint, keeps what
+    they read consistent.
     """
 
     def __init__(self) -> None:
         self._keys = np.zeros(0, dtype=np.uint64)
         self._held = np.zeros(0, dtype=bool)
         self._metric = np.zeros(0, dtype=np.int32)
-        self._labels: npt.NDArray[np.object_] = np.empty(0, dtype=object)
         self._pairs = np.full((0, 1), -1, dtype=np.int32)
         self._names: list[str] = []
         self._name_ids: dict[str, int] = {}
@@ -60,6 +65,7 @@ class SeriesMemo:
         self._window = None
         self._last: dict[str, tuple[npt.NDArray[np.uint64], _Pairs]] = {}
         self._next: dict[str, tuple[npt.NDArray[np.uint64], _Pairs]] = {}
+        self._lock = threading.Lock()
 
     @property
     def pair_count(self) -> int:
@@ -103,12 +109,39 @@ class SeriesMemo:
         return grouping
 
     def labels(self, rows: npt.NDArray[np.intp]) -> list[LabelSet | None]:
-        """The labels of each row (None for -1)."""
-        found: list[LabelSet | None] = self._labels[rows].tolist()
-        if len(rows) and int(rows.min()) < 0:
-            for i in np.flatnonzero(rows < 0).tolist():
-                found[i] = None
-        return found
+        """The labels of each row (None for -1), made from its pair ids: equal to the label
+        set it was learned from, pairs shared."""
+        rows = np.asarray(rows, dtype=np.intp)
+        with self._lock:
+            pairs, pair_list = self._pairs[rows], self._pair_list
+        return _label_sets(pairs, rows >= 0, pair_list)
+
+    def label_sets(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64]
+                   ) -> list[LabelSet | None]:
+        """The labels of ``keys`` at ``slots`` as :meth:`labels` makes them; None where the
+        memo does not hold that key at that slot."""
+        slots = np.asarray(slots, dtype=np.intp)
+        with self._lock:
+            held = self._holds(slots, keys)
+            if not held.any():
+                return [None] * len(slots)
+            pairs, pair_list = self._pairs[np.where(held, slots, 0)], self._pair_list
+        return _label_sets(pairs, held, pair_list)
+
+    def holds(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64]
+              ) -> npt.NDArray[np.bool_]:
+        """Whether the memo holds each of ``keys`` at its slot (so can give its labels)."""
+        with self._lock:
+            return self._holds(np.asarray(slots, dtype=np.intp), keys)
+
+    def _holds(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64]
+               ) -> npt.NDArray[np.bool_]:
+        inside = slots < len(self._keys)
+        if not inside.any():
+            return np.zeros(len(slots), dtype=bool)
+        at = np.where(inside, slots, 0)
+        held: npt.NDArray[np.bool_] = inside & self._held[at] & (self._keys[at] == keys)
+        return held
 
     def label_pairs(self, metric: str, keys: npt.NDArray[np.uint64],
                     rows: npt.NDArray[np.intp]) -> _Pairs:
@@ -140,12 +173,12 @@ class SeriesMemo:
     def _reserve(self, size: int) -> None:
         grown = max(size, 2 * len(self._keys), 1024)
         extra = grown - len(self._keys)
-        self._keys = np.concatenate([self._keys, np.zeros(extra, dtype=np.uint64)])
-        self._held = np.concatenate([self._held, np.zeros(extra, dtype=bool)])
-        self._metric = np.concatenate([self._metric, np.zeros(extra, dtype=np.int32)])
-        self._labels = np.concatenate([self._labels, np.full(extra, None, dtype=object)])
-        self._pairs = np.concatenate(
-            [self._pairs, np.full((extra, self._pairs.shape[1]), -1, dtype=np.int32)])
+        with self._lock:
+            self._keys = np.concatenate([self._keys, np.zeros(extra, dtype=np.uint64)])
+            self._held = np.concatenate([self._held, np.zeros(extra, dtype=bool)])
+            self._metric = np.concatenate([self._metric, np.zeros(extra, dtype=np.int32)])
+            self._pairs = np.concatenate(
+                [self._pairs, np.full((extra, self._pairs.shape[1]), -1, dtype=np.int32)])
 
     def _learn(self, slots: npt.NDArray[np.intp], keys: npt.NDArray[np.uint64],
                labels: _Labels) -> None:
@@ -153,7 +186,8 @@ class SeriesMemo:
         those whose labels are None). In chunks: the Python lists one chunk takes are what
         the first window after a start (every series new) would otherwise hold all at once,
         ~300 bytes per series."""
-        self._held[slots] = False
+        with self._lock:
+            self._held[slots] = False
         for start in range(0, len(slots), _LEARN_CHUNK):
             end = start + _LEARN_CHUNK
             self._learn_chunk(slots[start:end], keys[start:end], labels[start:end])
@@ -184,20 +218,18 @@ class SeriesMemo:
             return
         held = np.asarray(have, dtype=bool)
         where = slots[held]
-        width = max(lengths)
-        if width > self._pairs.shape[1]:
-            self._pairs = np.pad(self._pairs, ((0, 0), (0, width - self._pairs.shape[1])),
-                                 constant_values=-1)
-        rows = np.full((len(lengths), self._pairs.shape[1]), -1, dtype=np.int32)
+        width = max(lengths, default=0)
+        rows = np.full((len(lengths), max(width, self._pairs.shape[1])), -1, dtype=np.int32)
         fill = np.arange(rows.shape[1]) < np.asarray(lengths)[:, None]
         rows[fill] = np.asarray(flat, dtype=np.int32)  # row-major: each row's pairs in turn
-        self._pairs[where] = rows
-        self._keys[where] = keys[held]
-        self._metric[where] = metrics
-        self._labels[where] = (labels[held] if isinstance(labels, np.ndarray)
-                               else np.fromiter((lb for lb in labels if lb is not None),
-                                                dtype=object, count=len(lengths)))
-        self._held[where] = True
+        with self._lock:
+            if width > self._pairs.shape[1]:
+                self._pairs = np.pad(self._pairs, ((0, 0), (0, width - self._pairs.shape[1])),
+                                     constant_values=-1)
+            self._pairs[where] = rows
+            self._keys[where] = keys[held]
+            self._metric[where] = metrics
+            self._held[where] = True
 
     def _pair_ids_in(self, pairs: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
         """The distinct pair ids in ``pairs`` (-1 is no pair), ascending: a scatter into
@@ -211,10 +243,21 @@ class SeriesMemo:
         live = self._pair_ids_in(self._pairs[self._held])
         remap = np.full(len(self._pair_list) + 1, -1, dtype=np.int32)  # remap[-1] stays -1
         remap[live] = np.arange(len(live), dtype=np.int32)
-        self._pairs = remap[self._pairs]
-        self._pair_list = [self._pair_list[i] for i in live.tolist()]
-        self._pair_ids = {pair: i for i, pair in enumerate(self._pair_list)}
-        self._prune_at = max(4096, 2 * len(self._pair_list))
+        pair_list = [self._pair_list[i] for i in live.tolist()]
+        with self._lock:
+            self._pairs = remap[self._pairs]
+            self._pair_list = pair_list
+        self._pair_ids = {pair: i for i, pair in enumerate(pair_list)}
+        self._prune_at = max(4096, 2 * len(pair_list))
+
+
+def _label_sets(pairs: npt.NDArray[np.int32], valid: npt.NDArray[np.bool_],
+                pair_list: list[tuple[str, str]]) -> list[LabelSet | None]:
+    """Each row of pair ids (-1 after the last) as a label set; None where not ``valid``."""
+    get = pair_list.__getitem__
+    lengths = np.count_nonzero(pairs >= 0, axis=1).tolist()
+    return [tuple(map(get, row[:n])) if ok else None
+            for ok, n, row in zip(valid.tolist(), lengths, pairs.tolist(), strict=True)]
 
 
 def _group(keys: npt.NDArray[np.uint64], metric_ids: npt.NDArray[np.int32],
