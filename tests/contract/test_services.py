@@ -156,6 +156,7 @@ def test_metrics_endpoint_counts_rpcs(
         body = response.read().decode()
     assert "phoenix_build_info{" in body
     assert "phoenix_ready 1.0" in body
+    assert "phoenix_idle_work_forced_slices_total " in body  # served on the gated loop
     handled = re.compile(r'phoenix_grpc_server_handled_total\{grpc_code="[A-Z_]+",'
                          f'grpc_method="{first.name}",grpc_service="{service.grpc_service}"'
                          r'\} [1-9]')

@@ -10,9 +10,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from phoenixcp.core.checkpoints import checkpoint
-from phoenixcp.platform.idle_work import IdleGate, IdleGatedEventLoop, run_when_idle
+from phoenixcp.platform.idle_work import (
+    IdleGate,
+    IdleGatedEventLoop,
+    IdleGateMetrics,
+    run_when_idle,
+)
 
 T = TypeVar("T")
 
@@ -85,8 +91,13 @@ def test_the_work_waits_while_the_loop_runs_python_and_goes_on_when_it_sleeps() 
     assert after > before + 1
 
 
-def test_a_loop_that_never_sleeps_still_lets_the_work_finish() -> None:
+def test_a_loop_that_never_sleeps_still_lets_the_work_finish_and_metrics_count_it() -> None:
+    registry = CollectorRegistry()
+    metrics = IdleGateMetrics(registry)
+    assert b"phoenix_idle_work" not in generate_latest(registry)  # not bound to a loop yet
+
     async def main(loop: IdleGatedEventLoop) -> tuple[int, int]:
+        metrics.bind(loop)
         gate: IdleGate = loop.idle_gate
         gate._max_wait, gate._min_slice = 0.01, 0.002
         done = threading.Event()
@@ -110,6 +121,8 @@ def test_a_loop_that_never_sleeps_still_lets_the_work_finish() -> None:
     steps, forced = run_gated(main)
     assert steps == 20
     assert forced >= 1
+    assert registry.get_sample_value("phoenix_idle_work_forced_slices_total") == forced
+    assert (registry.get_sample_value("phoenix_idle_work_parks_total") or 0) >= forced
 
 
 def test_a_checkpoint_parks_while_the_loop_has_io_to_handle() -> None:

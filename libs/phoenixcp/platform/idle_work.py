@@ -20,6 +20,8 @@ A loop that never sleeps (saturated) must not starve the work forever: a worker 
 
 Use :func:`new_event_loop` as the loop factory (``asyncio.Runner(loop_factory=...)``). On any
 other loop :func:`run_when_idle` is ``asyncio.to_thread`` and checkpoints do nothing.
+:class:`IdleGateMetrics` puts the gate's counts on ``/metrics``: forced slices that climb
+mean the loop has not slept for ``max_wait`` at a time, i.e. the process is saturated.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ import select
 import selectors
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from phoenixcp.core.checkpoints import checkpoints_call
 
-__all__ = ["IdleGate", "IdleGatedEventLoop", "new_event_loop", "run_when_idle"]
+__all__ = ["IdleGate", "IdleGateMetrics", "IdleGatedEventLoop", "new_event_loop",
+           "run_when_idle"]
 
 T = TypeVar("T")
 
@@ -175,3 +182,33 @@ async def run_when_idle(func: Callable[[], T]) -> T:
     if gate is None:
         return await asyncio.to_thread(func)
     return await asyncio.to_thread(gate.run, func)
+
+
+class IdleGateMetrics(Collector):
+    """The counts of the gate of the loop given to :meth:`bind`, read at each scrape:
+    ``phoenix_idle_work_parks_total`` and ``phoenix_idle_work_forced_slices_total``. Nothing
+    is exported before ``bind`` or for a loop without a gate."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._gate: IdleGate | None = None
+        registry.register(self)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._gate = getattr(loop, "idle_gate", None)
+
+    def describe(self) -> list[Metric]:
+        return []  # the families exist only once bound: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._gate
+        if gate is None:
+            return
+        yield CounterMetricFamily(
+            "phoenix_idle_work_parks",
+            "Times window work (snapshots, reports, dry runs) waited at a checkpoint for the "
+            "event loop to go idle.", value=gate.parks)
+        yield CounterMetricFamily(
+            "phoenix_idle_work_forced_slices",
+            "Times window work ran a slice although the event loop had work, after waiting "
+            "max_wait (50 ms): the loop did not sleep, i.e. the process is saturated.",
+            value=gate.forced_slices)

@@ -34,6 +34,7 @@ from phoenixcp.errors import NotLeader, Unavailable
 from phoenixcp.platform.cluster import ClusterMember
 from phoenixcp.platform.config import ServiceConfig, dialable_host, parse_host_port
 from phoenixcp.platform.coord import LeaderOnly
+from phoenixcp.platform.idle_work import IdleGateMetrics
 from phoenixcp.platform.metrics_http import MetricsServer
 from phoenixcp.platform.probes import DependencyProbe, EtcdProbe, NatsProbe
 from phoenixcp.platform.replica import REPLICA_SERVICE, ReplicaServicer
@@ -137,6 +138,7 @@ class ServiceApp:
         # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds...:
         # what a memory or CPU budget is checked against (ADR 0012).
         ProcessCollector(registry=self.registry)
+        self._idle_work = IdleGateMetrics(self.registry)
         self._bindings = tuple(bindings)
         self._components = tuple(components)
         self._started: list[Component] = []
@@ -198,6 +200,7 @@ class ServiceApp:
             await self.shutdown()
 
     async def _start(self) -> None:
+        self._idle_work.bind(asyncio.get_running_loop())
         config = self.config
         source = certificate_source(config)
         self._bundle = await asyncio.to_thread(source.issue, config.service,
