@@ -62,6 +62,7 @@ from phoenixcp.core.identity import SERVICES
 from phoenixcp.errors import ConfigError
 from phoenixcp.platform.config_loader import FieldInvalid, load_mapping, read_yaml
 from phoenixcp.platform.pipeline_config import ExporterConfig, PipelineConfig
+from phoenixcp.platform.redact import redacted_urls
 from phoenixcp.platform.secrets.vault import VaultConfig
 
 __all__ = [
@@ -173,7 +174,8 @@ class NatsConfig:
         for url in self.url.split(","):
             if not url.startswith(("nats://", "tls://")):
                 raise FieldInvalid(
-                    "url", f"{self.url!r} is not a nats:// or tls:// URL (several: comma-separated)"
+                    "url", f"{redacted_urls(self.url)!r} is not a nats:// or tls:// URL "
+                    "(several: comma-separated)"
                 )
 
 

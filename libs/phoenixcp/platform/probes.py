@@ -7,6 +7,7 @@ import contextlib
 from typing import Protocol
 
 from phoenixcp.errors import Unavailable
+from phoenixcp.platform.redact import redacted_urls
 
 __all__ = ["DependencyProbe", "EtcdProbe", "NatsProbe"]
 
@@ -25,6 +26,7 @@ class NatsProbe:
     def __init__(self, *, url: str, timeout: float) -> None:
         self.name = "nats"
         self._servers = url.split(",")
+        self._shown = redacted_urls(url)
         self._timeout = timeout
 
     async def check(self) -> None:
@@ -32,22 +34,31 @@ class NatsProbe:
         from nats.errors import Error as NatsError
 
         try:
-            nc = await nats.connect(
-                servers=self._servers,
-                connect_timeout=self._timeout,
-                allow_reconnect=False,
-                max_reconnect_attempts=0,
-                name="phoenix-readiness",
-            )
+            # nats-py retries a refused first connection without end when
+            # max_reconnect_attempts is 0 (it treats 0 as no limit), so the whole attempt is
+            # bounded here: a probe of a NATS that is down must fail, not hang.
+            async with asyncio.timeout(2 * self._timeout + 1):
+                nc = await nats.connect(
+                    servers=self._servers,
+                    connect_timeout=self._timeout,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    name="phoenix-readiness",
+                    error_cb=_quiet,  # the failure is reported once, below, not per attempt
+                )
         except (OSError, NatsError, TimeoutError) as exc:
-            raise Unavailable(f"NATS at {','.join(self._servers)} does not answer: {exc}") from exc
+            raise Unavailable(f"NATS at {self._shown} does not answer: {exc}") from exc
         try:
             await nc.flush(timeout=max(1, round(self._timeout)))
         except (NatsError, TimeoutError) as exc:
-            raise Unavailable(f"NATS at {','.join(self._servers)} does not answer: {exc}") from exc
+            raise Unavailable(f"NATS at {self._shown} does not answer: {exc}") from exc
         finally:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py's default error callback logs a traceback for every refused attempt."""
 
 
 class EtcdProbe:

@@ -1,17 +1,18 @@
 """Endpoints as a person sees them: in logs, error messages and status output.
 
 An exporter's endpoint may carry credentials (``https://user:secret@host/api/v1/write``: the
-remote-write client sends them as ``Authorization: Basic``). Whatever shows an endpoint to a
-person shows :func:`redacted_endpoint` of it, so the password reaches no log line, exception
-message, status reply or ``endpoints.json``. Only the connection itself uses the endpoint as
-written.
+remote-write client sends them as ``Authorization: Basic``), and so may a NATS URL
+(``nats://user:secret@host:4222``). Whatever shows one to a person shows
+:func:`redacted_endpoint` (:func:`redacted_urls` for NATS' comma-separated list) of it, so the
+password reaches no log line, exception message, status reply or ``endpoints.json``. Only
+the connection itself uses the URL as written.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["HIDDEN", "redacted_endpoint"]
+__all__ = ["HIDDEN", "redacted_endpoint", "redacted_urls"]
 
 #: What a password is shown as.
 HIDDEN: Final = "***"
@@ -47,6 +48,12 @@ def redacted_endpoint(endpoint: str) -> str:
     if not colon:
         return endpoint
     return f"{scheme}{user}:{HIDDEN}{rest[at:]}"
+
+
+def redacted_urls(urls: str) -> str:
+    """A comma-separated list of URLs (NATS' ``url``), each as :func:`redacted_endpoint`
+    shows it."""
+    return ",".join(map(redacted_endpoint, urls.split(",")))
 
 
 def _first(text: str, chars: str, start: int) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from phoenixcp.errors import ConfigError
+from phoenixcp.platform.redact import redacted_urls
 
 __all__ = ["BusConfig"]
 
@@ -51,7 +52,8 @@ class BusConfig:
         for url in self.url.split(","):
             if not url.strip().startswith(("nats://", "tls://")):
                 raise ConfigError(
-                    f"bus.url: {self.url!r} is not a nats:// or tls:// URL (several: "
+                    f"bus.url: {redacted_urls(self.url)!r} is not a nats:// or tls:// URL "
+                    "(several: "
                     "comma-separated)",
                     key="url",
                 )
@@ -73,6 +75,11 @@ class BusConfig:
         for key in ("publish_buffer", "dedupe_window", "stream_replicas"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"bus.{key}: must be at least 1", key=key)
+
+    @property
+    def shown_url(self) -> str:
+        """``url`` with any password shown as ``***``: for logs and errors."""
+        return redacted_urls(self.url)
 
     @property
     def servers(self) -> list[str]:

@@ -90,7 +90,7 @@ async def open_connection(
         with contextlib.suppress(Exception):
             await nc.close()
         raise Unavailable(
-            f"NATS at {config.url} does not answer within {deadline:g}s: {exc!r}"
+            f"NATS at {config.shown_url} does not answer within {deadline:g}s: {exc!r}"
         ) from exc
     except BaseException:
         with contextlib.suppress(Exception):

@@ -119,7 +119,7 @@ class EventBus:
                 reconnected_cb=self._on_reconnected, closed_cb=self._on_closed,
             )
             self._spawn(self._publisher.run(), "bus-outbox")
-            _log.info("bus connected", extra={"fields": {"url": self._config.url}})
+            _log.info("bus connected", extra={"fields": {"url": self._config.shown_url}})
 
     async def publish(self, event: events_pb2.Event, *, tenant: str = "") -> str:
         """Stamp ``event`` in place, publish it, return its id; see ``EventPublisher``.
@@ -260,12 +260,12 @@ class EventBus:
     async def _on_disconnected(self) -> None:
         if not self._closing:
             _log.warning("bus disconnected from NATS; buffering publishes, reconnecting",
-                         extra={"fields": {"url": self._config.url}})
+                         extra={"fields": {"url": self._config.shown_url}})
 
     async def _on_closed(self) -> None:
         if not self._closing and self._nc is not None:  # not a start() that gave up
             _log.error("bus connection to NATS closed for good; publishes stay buffered",
-                       extra={"fields": {"url": self._config.url}})
+                       extra={"fields": {"url": self._config.shown_url}})
 
     async def _on_reconnected(self) -> None:
         _log.info("bus reconnected to NATS", extra={"fields": {"buffered": self.buffered}})
