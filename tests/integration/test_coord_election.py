@@ -156,6 +156,9 @@ async def test_a_partitioned_leader_steps_down_before_another_wins(
         cut_at = time.monotonic()
         proxy.cut(blackhole=blackhole)
         took = await wait_until(lambda: any(e.is_leader for e in others), timeout=TTL.seconds + 2)
+        # is_leader is set before the subscribers hear of it: wait for the event too.
+        await wait_until(lambda: any(lead for who, lead, _ in events if who != "co-cut"),
+                         timeout=2)
         stepped_down = [t for who, lead, t in events if who == "co-cut" and not lead and t > cut_at]
         won = [t for who, lead, t in events if who != "co-cut" and lead]
         mode = "blackhole" if blackhole else "reset"
