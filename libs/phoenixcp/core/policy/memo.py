@@ -218,7 +218,7 @@ class SeriesMemo:
             return
         held = np.asarray(have, dtype=bool)
         where = slots[held]
-        width = max(lengths, default=0)
+        width = max(lengths)
         rows = np.full((len(lengths), max(width, self._pairs.shape[1])), -1, dtype=np.int32)
         fill = np.arange(rows.shape[1]) < np.asarray(lengths)[:, None]
         rows[fill] = np.asarray(flat, dtype=np.int32)  # row-major: each row's pairs in turn

@@ -53,8 +53,7 @@ class BusConfig:
             if not url.strip().startswith(("nats://", "tls://")):
                 raise ConfigError(
                     f"bus.url: {redacted_urls(self.url)!r} is not a nats:// or tls:// URL "
-                    "(several: "
-                    "comma-separated)",
+                    "(several: comma-separated)",
                     key="url",
                 )
         for key in ("connect_timeout", "start_timeout", "events_max_age", "telemetry_max_age",
