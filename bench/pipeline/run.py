@@ -441,14 +441,24 @@ def make_relay(target: str, args: argparse.Namespace, sink_url: str, work: Path)
                         static_policies=scenario.policies(), queue_fsync=args.fsync)
 
 
-def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
-               workload: Path, count: int, log: Callable[[str], None]) -> dict[str, Any]:
-    rounds: list[dict[str, Any]] = []
-    rate: float | None = None
-    unit = "data points" if args.protocol == "otlp" else "samples"
-    probe: dict[str, Any] | None = None
-    for n in range(args.rounds):
-        relay = make_relay(target, args, sink_url, work)
+class TargetRun:
+    """The rounds of one relay: :meth:`round` starts a fresh relay, measures one round and
+    stops it, so the two relays' rounds can alternate (drift of the machine's speed over
+    the run then falls on both); :meth:`summary` gives the medians."""
+
+    def __init__(self, target: str, args: argparse.Namespace, sink_url: str, work: Path,
+                 workload: Path, count: int, log: Callable[[str], None]) -> None:
+        self.target, self.args, self.sink_url, self.work = target, args, sink_url, work
+        self.workload, self.count, self.log = workload, count, log
+        self.rounds: list[dict[str, Any]] = []
+        self.rate: float | None = None
+        self.probe: dict[str, Any] | None = None
+
+    def round(self, n: int) -> dict[str, Any]:
+        args, target, log, sink_url = self.args, self.target, self.log, self.sink_url
+        workload, count = self.workload, self.count
+        unit = "data points" if args.protocol == "otlp" else "samples"
+        relay = make_relay(target, args, sink_url, self.work)
         relay.start()
         sink_reset(sink_url)
         try:
@@ -457,23 +467,25 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
                     capacity = args.rate / args.per_request
                     log(f"{target}: capacity given, {args.rate:,.0f} {unit}/s")
                 else:
-                    probe = measure(args, relay, sink_url, workload, count, args.probe_duration)
-                    capacity = probe["requests_ok_per_s"]
+                    self.probe = measure(args, relay, sink_url, workload, count,
+                                         args.probe_duration)
+                    capacity = self.probe["requests_ok_per_s"]
                     log(f"{target}: probe ({args.probe_duration:g} s, unpaced): "
                         f"{capacity * args.per_request:,.0f} {unit}/s accepted")
-                rate = capacity * args.load_fraction
-                how = (f"wrk delay(): a send slot every {args.threads * 1000 / rate:.2f} ms "
-                       f"per thread x {args.threads} threads" if args.protocol == "remote-write"
+                self.rate = capacity * args.load_fraction
+                how = (f"wrk delay(): a send slot every {args.threads * 1000 / self.rate:.2f} "
+                       f"ms per thread x {args.threads} threads"
+                       if args.protocol == "remote-write"
                        else "otlp_driver.py --rate: scheduled sends")
                 log(f"{target}: capacity {capacity:.1f} req/s; pacing at "
-                    f"{args.load_fraction:g} x = {rate:.1f} req/s "
-                    f"({rate * args.per_request:,.0f} {unit}/s; {how})")
-            result = measure(args, relay, sink_url, workload, count, args.duration, rate)
+                    f"{args.load_fraction:g} x = {self.rate:.1f} req/s "
+                    f"({self.rate * args.per_request:,.0f} {unit}/s; {how})")
+            result = measure(args, relay, sink_url, workload, count, args.duration, self.rate)
             result["distinct_series"] = get_json(f"{sink_url}/stats?distinct=1")[
                 "distinct_series"]
         finally:
             relay.stop()
-        rounds.append(result)
+        self.rounds.append(result)
         line = (f"{target} round {n + 1}/{args.rounds}: "
                 f"accepted {result['accepted_samples_per_s'] / 1e3:.0f}k samples/s, "
                 f"forwarded {result['forwarded_samples_per_s'] / 1e3:.0f}k samples/s, ")
@@ -501,16 +513,20 @@ def run_target(target: str, args: argparse.Namespace, sink_url: str, work: Path,
             line += (f" [refused {result['requests_refused']} {result['errors']}, "
                      f"drained {result['drained']}]")
         log(line)
-    numeric = [k for k, v in rounds[0].items() if isinstance(v, int | float)
-               and not isinstance(v, bool)]
-    median = {k: statistics.median(r[k] for r in rounds if r[k] is not None)
-              for k in numeric if all(r.get(k) is not None for r in rounds)}
-    median["latency_p99_ms"] = statistics.median(r["latency_us"]["p99"] for r in rounds) / 1e3
-    median["latency_p50_ms"] = statistics.median(r["latency_us"]["p50"] for r in rounds) / 1e3
-    if all(r.get("scheduled_latency_us") for r in rounds):
-        median["scheduled_latency_p99_ms"] = statistics.median(
-            r["scheduled_latency_us"]["p99"] for r in rounds) / 1e3
-    return {"median": median, "rounds": rounds, "probe": probe}
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        rounds = self.rounds
+        numeric = [k for k, v in rounds[0].items() if isinstance(v, int | float)
+                   and not isinstance(v, bool)]
+        median = {k: statistics.median(r[k] for r in rounds if r[k] is not None)
+                  for k in numeric if all(r.get(k) is not None for r in rounds)}
+        median["latency_p99_ms"] = statistics.median(r["latency_us"]["p99"] for r in rounds) / 1e3
+        median["latency_p50_ms"] = statistics.median(r["latency_us"]["p50"] for r in rounds) / 1e3
+        if all(r.get("scheduled_latency_us") for r in rounds):
+            median["scheduled_latency_p99_ms"] = statistics.median(
+                r["scheduled_latency_us"]["p99"] for r in rounds) / 1e3
+        return {"median": median, "rounds": rounds, "probe": self.probe}
 
 
 def main() -> None:
@@ -607,6 +623,11 @@ def main() -> None:
                 f"per data point), generated in {manifest['generated_in_s']}s")
         else:
             count = int(manifest["remote_write"]["requests"])  # type: ignore[index]
+            total = int(manifest["remote_write"]["samples"])  # type: ignore[index]
+            if total != count * SAMPLES_PER_REQUEST:  # wrk counts requests x 1,000
+                raise SystemExit(f"the workload's {total:,} samples do not fill its {count} "
+                                 f"bodies of {SAMPLES_PER_REQUEST}: samples accepted would be "
+                                 "miscounted; pick --workload-rounds to fill them")
             args.per_request = SAMPLES_PER_REQUEST
             log(f"workload: {manifest['series']} series, {count} bodies of "
                 f"{SAMPLES_PER_REQUEST} samples, generated in {manifest['generated_in_s']}s")
@@ -618,9 +639,12 @@ def main() -> None:
                 log(f"scenario {args.scenario}: {line}")
         results: dict[str, Any] = {}
         with sink_process(args.driver_cpu) as sink_url:
-            for target in targets:
-                results[target] = run_target(target, args, sink_url, work, work / "workload",
-                                             count, log)
+            runs = {t: TargetRun(t, args, sink_url, work, work / "workload", count, log)
+                    for t in targets}
+            for n in range(args.rounds):  # alternating: vmagent, Phoenix, vmagent, ...
+                for run in runs.values():
+                    run.round(n)
+            results = {t: run.summary() for t, run in runs.items()}
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
@@ -640,7 +664,14 @@ def main() -> None:
         report["ratio_phoenix_vmagent"] = {
             k: p[k] / v[k] for k in ("samples_per_cpu_second", "accepted_samples_per_s",
                                      "forwarded_samples_per_s") if p.get(k) and v.get(k)}
+        report["round_ratios_samples_per_cpu_second"] = [  # the rounds ran side by side
+            (pr["samples_per_cpu_second"] or 0) / vr["samples_per_cpu_second"]
+            for pr, vr in zip(results["phoenix"]["rounds"], results["vmagent"]["rounds"],
+                              strict=True) if vr["samples_per_cpu_second"]]
     print_table(results, report.get("ratio_phoenix_vmagent"), args)
+    if report.get("round_ratios_samples_per_cpu_second"):
+        print("phoenix/vmagent samples per CPU-second, round by round (alternating relays): "
+              + ", ".join(f"{r:.2f}x" for r in report["round_ratios_samples_per_cpu_second"]))
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = "pipeline" if args.protocol == "remote-write" else "pipeline-otlp"
     if args.scenario != "plain":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import struct
 import time
@@ -308,11 +309,18 @@ def otlp_bodies(series: list[Series], *, rounds: int, start_ms: int) -> list[byt
     return bodies
 
 
-def bomb_per_round(base_series: int, share: float) -> int:
-    """Bomb samples per round that make ``share`` of all samples."""
+def bomb_per_round(base_series: int, share: float, rounds: int = 1) -> int:
+    """Bomb samples per round that make ``share`` of all samples, rounded so that ``rounds``
+    rounds fill whole bodies of ``SAMPLES_PER_REQUEST`` samples: wrk counts the samples it
+    sent as answered requests x 1,000, which a short last body would overstate."""
     if not 0 <= share < 1:
         raise ValueError(f"bomb share {share} is out of range; use 0 to below 1, e.g. 0.1")
-    return round(base_series * share / (1 - share))
+    wanted = round(base_series * share / (1 - share))
+    if not wanted:
+        return 0
+    step = SAMPLES_PER_REQUEST // math.gcd(rounds, SAMPLES_PER_REQUEST)
+    whole = max(step, round((base_series + wanted) / step) * step)
+    return max(0, whole - base_series)
 
 
 def write_workload(out: Path, *, seed: int = 1, rounds: int = 3,
@@ -323,7 +331,7 @@ def write_workload(out: Path, *, seed: int = 1, rounds: int = 3,
     False)."""
     began = time.perf_counter()
     series = build_series(seed)
-    per_round = bomb_per_round(len(series), bomb_share)
+    per_round = bomb_per_round(len(series), bomb_share, rounds)
     if per_round and otlp:
         raise ValueError("the user_id bomb is remote-write only: pass otlp=False")
     bomb = Bomb(per_round=per_round, seed=seed) if per_round else None
