@@ -222,25 +222,29 @@ def wait_drained(relay: Relay, sink_url: str, sink0: int, accepted: int,
                  disposal0: Disposal | None, *, policies: bool, timeout: float,
                  quiet: float) -> bool:
     """Poll until the sink has every accepted sample the relay still owes it; False if
-    ``timeout`` passes first. Owed: ``accepted`` less what the relay's counters (read every
-    0.5 s) say it dropped or merged, plus the merged points it queued. A relay with
-    ``policies`` and no counters is drained when its queue is empty and the sink has not
-    moved for ``quiet`` s; one without policies owes every sample."""
+    ``timeout`` passes first. Owed: ``accepted`` less what the relay's counters say it
+    dropped or merged, plus the merged points it queued. The counters are read from the
+    relay's /metrics at the start, when the sink reaches what they said was owed, and when
+    the sink has not moved for 0.5 s: a scrape costs the relay CPU that this run counts, so
+    it is not read on every poll. A relay with ``policies`` and no counters is drained when
+    its queue is empty and the sink has not moved for ``quiet`` s; one without policies
+    owes every sample."""
     deadline = time.monotonic() + timeout
-    owed, disposal_read = accepted, 0.0
+    owed, read_at = accepted, -1
     last, since = -1, time.monotonic()
     while True:
         now = time.monotonic()
-        if disposal0 is not None and now - disposal_read >= 0.5:
-            disposal, disposal_read = relay.disposal(), now
+        sink = sink_samples(sink_url)
+        if sink != last:
+            last, since = sink, now
+        if disposal0 is not None and (read_at < 0 or (sink - sink0 >= owed and read_at != sink)
+                                      or (now - since >= 0.5 and read_at != sink)):
+            disposal, read_at = relay.disposal(), sink
             if disposal is not None:
                 owed = accepted - (disposal - disposal0).not_forwarded_as_is
-        sink = sink_samples(sink_url)
         if disposal0 is not None or not policies:
-            if sink - sink0 >= owed:
+            if sink - sink0 >= owed and (disposal0 is None or read_at == sink):
                 return True
-        elif sink != last:
-            last, since = sink, now
         elif now - since >= quiet and not relay.queue_bytes():
             return True
         if now > deadline:
