@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
-from phoenixcp.core.policy.index import SeriesIndex
+from phoenixcp.core.policy.index import SeriesIndex, count_points, split_codes
 from phoenixcp.core.policy.memo import SeriesMemo
 from phoenixcp.core.policy.merge_targets import _Resolved, _Target
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
@@ -126,12 +126,15 @@ class _Tenant:
         return found
 
 
-def _points_per_series(batch: MetricBatch) -> npt.NDArray[np.int64]:
+def _spans_of(batch: MetricBatch) -> npt.NDArray[np.uint32]:
+    """The batch's ``series_spans`` (C-contiguous uint32 rows: start, end, points,
+    histograms); for a batch built by hand without them, rows with only the points."""
     spans = batch.series_spans
     if len(spans) == batch.series_count:
-        return np.asarray(spans[:, 2], dtype=np.int64)
-    cols = batch.columns()
-    return np.bincount(cols.series_index, minlength=batch.series_count).astype(np.int64)
+        return np.ascontiguousarray(spans, dtype=np.uint32)
+    made = np.zeros((batch.series_count, 4), dtype=np.uint32)
+    made[:, 2] = np.bincount(batch.columns().series_index, minlength=batch.series_count)
+    return made
 
 
 # Plain ints for numpy comparisons (an IntEnum member costs Python calls in each one).
@@ -247,34 +250,33 @@ class PolicyEngine:
         """Route one batch; returns what to export unchanged and the counts."""
         now_ms = self._clock()
         tenant = self._tenant(batch.tenant, now_ms)
-        points = _points_per_series(batch)
         tally = PointTally(received=batch.sample_count, accepted=batch.sample_count)
+        spans = _spans_of(batch)
         slots = self._learn(tenant, batch)
-        tenant.index.count(slots, points)
+        index = tenant.index
+        ids = np.empty(len(slots), dtype=np.int32)
+        # One C loop each (index.py): the window's points per series and the route ids, then
+        # which series pass, merge or drop; numpy calls cost more than the work per batch.
+        unrouted = count_points(slots, spans, index.points, index.route, ids)
         tenant.window.tally.add(tally)
         if tenant.plan.empty:
             return Outcome(batch, tally)
-        ids = tenant.index.route[slots]
-        unrouted = np.flatnonzero(ids < 0)
-        if len(unrouted):
-            routed = self._route_all(tenant, slots[unrouted], now_ms)
-            tenant.index.route[slots[unrouted]] = routed
-            ids[unrouted] = routed
+        if unrouted:
+            todo = np.flatnonzero(ids < 0)
+            routed = self._route_all(tenant, slots[todo], now_ms)
+            index.route[slots[todo]] = routed
+            ids[todo] = routed
             self._take_evicted(tenant)
-        codes = tenant.table.codes(ids)
-        if not codes.any():
+        passing = np.empty(len(ids), dtype=np.int64)
+        merging = np.empty(len(ids), dtype=np.int64)
+        n_pass, n_merge, dropped, changed = split_codes(
+            ids, spans, tenant.table.code_array, passing, merging)
+        if not changed:
             return Outcome(batch, tally)
-        if batch.histogram_count:
-            # Native histograms are not merged (ADR 0007): such series pass unchanged.
-            native = np.asarray(batch.series_spans[:, 3] > 0)
-            codes[native & (codes >= _MERGE)] = _OBSERVE
-        passes = (codes <= _OBSERVE) | (codes == _WATCH)
-        merges = codes >= _MERGE
+        passing, merging = passing[:n_pass], merging[:n_merge]
         if tenant.moved:
-            self._hand_over(tenant, batch, codes, ids, now_ms, passes, merges, tally)
-        passing = np.flatnonzero(passes)
-        merging = np.flatnonzero(merges)
-        dropped = int(points[codes == _DROP].sum())
+            passing, merging = self._hand_over(tenant, batch, spans, ids, now_ms, passing,
+                                               merging, tally)
         tally.dropped += dropped
         tenant.window.tally.dropped += dropped
         if len(merging):
@@ -285,7 +287,7 @@ class PolicyEngine:
             tenant.window.tally.dropped += tally.dropped - before[2]
         passthrough = None
         if len(passing):
-            passthrough = batch if len(passing) == len(codes) else batch.subset(passing)
+            passthrough = batch if len(passing) == len(ids) else batch.subset(passing)
         return Outcome(passthrough, tally)
 
     def _take_evicted(self, tenant: _Tenant) -> None:
@@ -309,18 +311,25 @@ class PolicyEngine:
                 tenant.moved[int(index.keys[slot])] = routes[route_id]
             index.route[slot] = -1
 
-    def _hand_over(self, tenant: _Tenant, batch: MetricBatch, codes: npt.NDArray[np.int8],
-                   ids: npt.NDArray[np.int32], now_ms: int, passes: npt.NDArray[np.bool_],
-                   merges: npt.NDArray[np.bool_], tally: PointTally) -> None:
+    def _hand_over(self, tenant: _Tenant, batch: MetricBatch, spans: npt.NDArray[np.uint32],
+                   ids: npt.NDArray[np.int32], now_ms: int, passing: npt.NDArray[np.int64],
+                   merging: npt.NDArray[np.int64], tally: PointTally
+                   ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The first point of a series a cap moved into overflow goes where the series went
         before (its own output series, or its old merge group) and only starts its input
-        state in overflow, so no total counts it twice. Updates ``passes`` and ``merges``
-        (which series of the batch pass, and which the mergers still take)."""
+        state in overflow, so no total counts it twice. Returns ``passing`` and ``merging``
+        (which series of the batch pass, and which the mergers still take) updated."""
         keys = batch.series_keys
         moved = np.fromiter(tenant.moved, dtype=np.uint64, count=len(tenant.moved))
+        codes = tenant.table.codes(ids)
+        codes[(codes >= _MERGE) & (spans[:, 3] > 0)] = _OBSERVE  # as split_codes reads them
         here = np.flatnonzero((codes == _MERGE) & np.isin(keys, moved))
         if not len(here):
-            return
+            return passing, merging
+        passes = np.zeros(len(ids), dtype=bool)
+        passes[passing] = True
+        merges = np.zeros(len(ids), dtype=bool)
+        merges[merging] = True
         series_index, timestamps, values = batch.samples(here)
         routes = tenant.table.routes
         key_list = keys[here].tolist()
@@ -348,6 +357,8 @@ class PolicyEngine:
                 passes[i] = True
         tally.merged += merged
         tenant.window.tally.merged += merged
+        return (np.flatnonzero(passes).astype(np.int64, copy=False),
+                np.flatnonzero(merges).astype(np.int64, copy=False))
 
     def _learn(self, tenant: _Tenant, batch: MetricBatch) -> npt.NDArray[np.int64]:
         """The index slots of the batch's series; decodes the labels of those never seen
@@ -360,9 +371,9 @@ class PolicyEngine:
                 tenant.kinds.update(types)
                 tenant.kind_cache.clear()
         index = tenant.index
-        slots = index.find(batch.series_keys)
-        new = np.flatnonzero(slots < 0)
-        if len(new):
+        slots, missing = index.find_counted(batch.series_keys)
+        if missing:
+            new = np.flatnonzero(slots < 0)
             slots[new] = index.add(batch.series_keys[new], batch.label_sets(new))
         return slots
 
@@ -422,64 +433,76 @@ class PolicyEngine:
                ids: npt.NDArray[np.int32], slots: npt.NDArray[np.int64],
                tally: PointTally) -> None:
         """Feed the merged series' points to their targets' mergers: one ``observe_many``
-        call per merger for the batch, a Python step per distinct route (not per point);
-        points of top-K ranked series take :meth:`_merge_ranked`."""
+        call per merger for the batch, a Python step only for a route this epoch has not
+        resolved yet (:meth:`_resolve`; not per point); points of top-K ranked series take
+        :meth:`_merge_ranked`."""
         series_index, timestamps, values = batch.samples(merging)
         if not len(series_index):
             return
         now_ms = self._clock()
         routes = tenant.table.routes
-        distinct, inverse = np.unique(ids[merging][series_index], return_inverse=True)
+        route_of = ids[merging][series_index]  # per point
         res = tenant.resolved
         res.ready(self._epoch, len(routes))
-        for route_id in distinct[res.merger[distinct] == -2].tolist():
-            route = routes[route_id]
-            if route.topk is not None or route.target is None:
-                res.merger[route_id] = -1
-                continue
-            target = self._target(tenant.name, route.target, now_ms)
-            merger: CumulativeMerger | GaugeMerger = (
-                target.cumulative if route.cumulative else target.gauge)
-            m = res.numbered.get(id(merger))
-            if m is None:
-                m = res.numbered[id(merger)] = len(res.mergers)
-                res.mergers.append(merger)
-            res.merger[route_id] = m
-            res.gid[route_id] = merger.group_id(route.group)
-            res.overflow[route_id] = route.overflow
-            res.cumulative[route_id] = route.cumulative
-        merger_of = res.merger[distinct]
-        gid_of = res.gid[distinct]
-        overflow_of = res.overflow[distinct]
-        cumulative_of = res.cumulative[distinct]
+        merger_of = res.merger[route_of]
+        if (merger_of == -2).any():  # routes no batch of this epoch has met yet
+            for route_id in np.unique(route_of[merger_of == -2]).tolist():
+                self._resolve(tenant, res, route_id, routes[route_id], now_ms)
+            merger_of = res.merger[route_of]
         mergers = res.mergers
         keys = batch.series_keys[merging][series_index]
-        sample_merger = merger_of[inverse]
-        gids = gid_of[inverse]
-        accepted = np.zeros(len(inverse), dtype=bool)
-        for m in np.unique(merger_of[merger_of >= 0]).tolist():
-            picked = np.flatnonzero(sample_merger == m)  # in order: a series' points too
-            accepted[picked] = mergers[m].observe_many(gids[picked], keys[picked],
-                                                       timestamps[picked], values[picked])
-        plain = sample_merger >= 0
-        overflow = overflow_of[inverse]
+        gids = res.gid[route_of]
+        overflow = res.overflow[route_of]
+        low, high = int(merger_of.min()), int(merger_of.max())
+        if low == high >= 0:  # one merger takes every point: the common case
+            accepted = mergers[low].observe_many(gids, keys, timestamps, values)
+            plain = None
+        else:
+            accepted = np.zeros(len(route_of), dtype=bool)
+            for m in np.unique(merger_of[merger_of >= 0]).tolist():
+                picked = np.flatnonzero(merger_of == m)  # in order: a series' points too
+                accepted[picked] = mergers[m].observe_many(gids[picked], keys[picked],
+                                                           timestamps[picked], values[picked])
+            plain = merger_of >= 0
         merged = int(np.count_nonzero(accepted & ~overflow))
         overflowed = int(np.count_nonzero(accepted & overflow))
         # A cumulative merger ignores staleness markers (NaN): those are not refusals.
-        refused = int(np.count_nonzero(
-            plain & ~accepted & ~(cumulative_of[inverse] & np.isnan(values))))
+        refused_mask = ~accepted & ~(res.cumulative[route_of] & np.isnan(values))
         sample_slots = slots[merging][series_index]
-        tenant.index.last[sample_slots[plain]] = values[plain]
-        ranked = np.flatnonzero(~plain)
-        if len(ranked):
-            route_ids = distinct[inverse[ranked]]
-            more = self._merge_ranked(tenant, route_ids, keys[ranked], sample_slots[ranked],
-                                      timestamps[ranked], values[ranked], now_ms)
+        if plain is None:
+            refused = int(np.count_nonzero(refused_mask))
+            tenant.index.last[sample_slots] = values
+        else:
+            refused = int(np.count_nonzero(plain & refused_mask))
+            tenant.index.last[sample_slots[plain]] = values[plain]
+            ranked = np.flatnonzero(~plain)
+            more = self._merge_ranked(tenant, route_of[ranked], keys[ranked],
+                                      sample_slots[ranked], timestamps[ranked],
+                                      values[ranked], now_ms)
             merged, overflowed, refused = (merged + more[0], overflowed + more[1],
                                            refused + more[2])
         tally.merged += merged
         tally.overflowed += overflowed
         tally.dropped += refused
+
+    def _resolve(self, tenant: _Tenant, res: _Resolved, route_id: int, route: Route,
+                 now_ms: int) -> None:
+        """Note which merger and group the points of ``route_id`` go to (-1: point by point,
+        for top-K ranked routes)."""
+        if route.topk is not None or route.target is None:
+            res.merger[route_id] = -1
+            return
+        target = self._target(tenant.name, route.target, now_ms)
+        merger: CumulativeMerger | GaugeMerger = (
+            target.cumulative if route.cumulative else target.gauge)
+        m = res.numbered.get(id(merger))
+        if m is None:
+            m = res.numbered[id(merger)] = len(res.mergers)
+            res.mergers.append(merger)
+        res.merger[route_id] = m
+        res.gid[route_id] = merger.group_id(route.group)
+        res.overflow[route_id] = route.overflow
+        res.cumulative[route_id] = route.cumulative
 
     def _merge_ranked(self, tenant: _Tenant, route_ids: npt.NDArray[np.int32],
                       keys: npt.NDArray[np.uint64], slots: npt.NDArray[np.int64],

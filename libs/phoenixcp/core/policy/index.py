@@ -20,14 +20,16 @@ from phoenixcp.core.batch import LabelSet
 from phoenixcp.core.policy import _keytable_py
 
 try:
-    from phoenixcp.core.policy._keytable import KeyTable
+    from phoenixcp.core.policy._keytable import KeyTable, count_points, split_codes
 
     KEY_TABLE = "c"
 except ImportError:  # the extension is not built: same contract, slower
     KeyTable = _keytable_py.KeyTable  # type: ignore[assignment, misc]
+    count_points = _keytable_py.count_points
+    split_codes = _keytable_py.split_codes
     KEY_TABLE = "python"
 
-__all__ = ["KEY_TABLE", "UNKNOWN", "SeriesIndex"]
+__all__ = ["KEY_TABLE", "UNKNOWN", "SeriesIndex", "count_points", "split_codes"]
 
 _U64 = np.uint64
 UNKNOWN = np.uint64(2**64 - 1)
@@ -59,9 +61,13 @@ class SeriesIndex:
 
     def find(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
         """The slot of each key; -1 for keys not held."""
+        return self.find_counted(keys)[0]
+
+    def find_counted(self, keys: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.int64], int]:
+        """The slot of each key (-1 for keys not held), and how many are not held."""
         out = np.empty(len(keys), dtype=np.int64)
-        self.table.find(np.ascontiguousarray(keys, dtype=_U64), out)
-        return out
+        missing = self.table.find(np.ascontiguousarray(keys, dtype=_U64), out)
+        return out, missing
 
     def add(self, keys: npt.NDArray[np.uint64],
             labels: Sequence[LabelSet] | None = None) -> npt.NDArray[np.int64]:

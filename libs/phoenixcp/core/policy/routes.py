@@ -36,9 +36,14 @@ class RouteTable:
 
     def codes(self, ids: npt.NDArray[np.int32]) -> npt.NDArray[np.int8]:
         """The code of each route id."""
+        return self.code_array[ids]
+
+    @property
+    def code_array(self) -> npt.NDArray[np.int8]:
+        """The code of every route, indexed by route id."""
         if len(self._array) != len(self._codes):
             self._array = np.asarray(self._codes, dtype=np.int8)
-        return self._array[ids]
+        return self._array
 
     def compact(self, live: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
         """Keep only the routes whose ids are in ``live``; returns a map old id → new id
