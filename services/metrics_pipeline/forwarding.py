@@ -79,7 +79,7 @@ class Forwarder:
                 segment_bytes=min(_SEGMENT_BYTES, config.queue_max_bytes // 4),
             ), metrics=queue_metrics)
             worker_config = ExportWorkerConfig(
-                max_samples=exporter.max_batch_samples, concurrency=exporter.concurrency,
+                max_samples=exporter.batch_samples, concurrency=exporter.concurrency,
                 flush_interval=exporter.flush_interval, snappy_payloads=True)
             worker = ExportWorker(
                 queue=queue, exporter=_exporter(exporter, worker_config),

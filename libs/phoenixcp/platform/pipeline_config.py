@@ -22,8 +22,9 @@ Example::
           endpoint: http://127.0.0.1:8428/api/v1/write   # otlp: host:port
           timeout: 10s
           concurrency: 4                 # requests in flight
-          max_batch_samples: 1000        # smaller records are combined up to this; larger
-                                         # ones (a 1,000-sample remote-write) go out as they came
+          max_batch_samples: 10000       # records are combined up to this (one request);
+                                         # larger ones go out as they came. Default 10000
+                                         # for remote-write (as vmagent), 2000 for otlp
           flush_interval: 1s
           tenant_header: false           # send X-Scope-OrgID (Mimir, VictoriaMetrics cluster)
           # TLS, remote-write to an https:// endpoint only (as Prometheus' tls_config):
@@ -80,6 +81,9 @@ from phoenixcp.platform.redact import redacted_endpoint
 
 __all__ = ["ExporterConfig", "PipelineConfig"]
 
+_DEFAULT_BATCH_SAMPLES = {"remote-write": 10_000, "otlp": 2_000}
+"""``max_batch_samples`` when unset, by exporter type (ADR 0006)."""
+
 _NAME_HELP = "a name of letters, digits, - and _ (it names the queue directory and metrics)"
 
 
@@ -92,7 +96,10 @@ class ExporterConfig:
     endpoint: str
     timeout: timedelta = timedelta(seconds=10)
     concurrency: int = 4
-    max_batch_samples: int = 1_000
+    max_batch_samples: int | None = None
+    """Unset: 10,000 for remote-write (vmagent's ``-remoteWrite.maxRowsPerBlock``), 2,000
+    for otlp (an OTLP point repeats its attributes: 2,000 stay far under a collector's
+    4 MiB gRPC limit): :attr:`batch_samples`."""
     flush_interval: timedelta = timedelta(seconds=1)
     tenant_header: bool = False
     ca_file: str | None = None
@@ -103,6 +110,13 @@ class ExporterConfig:
     insecure: bool | None = None
     """otlp only: plaintext when true, TLS when false, unset: TLS when a TLS file or
     ``server_name`` is set."""
+
+    @property
+    def batch_samples(self) -> int:
+        """``max_batch_samples``, or the type's default when it is unset."""
+        if self.max_batch_samples is None:
+            return _DEFAULT_BATCH_SAMPLES[self.type]
+        return self.max_batch_samples
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_" for c in self.name):
@@ -116,9 +130,9 @@ class ExporterConfig:
                                "is on with ca_file or insecure: false, not by a scheme)")
         if not 1 <= self.concurrency <= 64:
             raise FieldInvalid("concurrency", f"{self.concurrency} is out of range; use 1 to 64")
-        if not 1 <= self.max_batch_samples <= 1_000_000:
+        if not 1 <= self.batch_samples <= 1_000_000:
             raise FieldInvalid("max_batch_samples",
-                               f"{self.max_batch_samples} is out of range; use 1 to 1000000")
+                               f"{self.batch_samples} is out of range; use 1 to 1000000")
         # The TLS files are read here, so a bad one stops the start with its key.
         if self.type == "otlp":
             if self.insecure_skip_verify:
