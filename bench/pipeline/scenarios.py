@@ -13,8 +13,8 @@
   lost). Phoenix runs ``policies/drop-label.yaml``, an aggregate ``without: [user_id]`` that sums
   them.
 
-The bomb scenarios replay 15 rounds (1,684 bodies) instead of 3, so that the bomb brings
-168,330 series per pass over the bodies: far more than the 19,000 a 120k limit leaves after the
+The bomb scenarios replay 15 rounds (1,683 bodies) instead of 3, so that the bomb brings
+168,000 series per pass over the bodies: far more than the 19,000 a 120k limit leaves after the
 101,000 base series, as a bomb whose values keep changing would.
 """
 

@@ -25,8 +25,9 @@ Files written to ``--out``:
 (labels job, instance, namespace and pod of one of the 200 instances, route of 4, and
 ``user_id``), and every one of them is a new series: a ``user_id`` never repeats within the
 workload (a bijection of a counter, offset by the seed). Per round that is
-``base x share / (1 - share)`` samples (11,222 for 10%), shuffled among the round's 101,000
-(one more seeded shuffle per round). Replayed round-robin, the bomb brings ``rounds x 11,222``
+``base x share / (1 - share)`` samples, rounded so the rounds fill whole 1,000-sample bodies
+(11,200 for 10% and 15 rounds), shuffled among the round's 101,000
+(one more seeded shuffle per round). Replayed round-robin, the bomb brings ``rounds x 11,200``
 series per pass over the bodies; without ``user_id`` they fall into 800 groups (instance x
 route). Without ``--bomb-share`` the bodies are byte for byte what they were.
 """
