@@ -16,12 +16,14 @@ deleted when the module ends (the session's etcd is shared).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -146,6 +148,20 @@ async def instant(vm: EmbeddedVictoriaMetrics, promql: str, at: float | None = N
     return float(result[0]["value"][1])
 
 
+async def settled(vm: EmbeddedVictoriaMetrics, promql: str, want: float,
+                  at: float | None = None, timeout: float = 5.0) -> float:
+    """``promql``'s value once it is ``want``, or after ``timeout`` s whatever it is (the
+    caller's assertion shows it). VictoriaMetrics' queries can answer with a series' older
+    samples for about a second after /api/v1/export already shows the new one
+    (``query_until``); a sum that never reaches ``want`` still fails."""
+    def done(result: list[dict[str, Any]]) -> bool:
+        return len(result) == 1 and math.isclose(float(result[0]["value"][1]), want,
+                                                  rel_tol=1e-9)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.to_thread(vm.query_until, promql, done, at=at, timeout=timeout)
+    return await instant(vm, promql, at)
+
+
 async def check_bomb(vm: EmbeddedVictoriaMetrics, bomb: CounterBomb, *, replica_ids: list[str],
                      round0_done: float, label: str) -> None:
     """What VictoriaMetrics holds for ``bomb`` after a per-replica cap of CAP: the series
@@ -168,8 +184,8 @@ async def check_bomb(vm: EmbeddedVictoriaMetrics, bomb: CounterBomb, *, replica_
 
     count = await instant(vm, f"count(last_over_time({metric}[5m]))")
     last_ms = exported.last_timestamp_ms
-    at_last = await instant(vm, f"sum({metric})", at=last_ms / 1000)
-    over_5m = await instant(vm, f"sum(last_over_time({metric}[5m]))")
+    at_last = await settled(vm, f"sum({metric})", bomb.last_sum, at=last_ms / 1000)
+    over_5m = await settled(vm, f"sum(last_over_time({metric}[5m]))", bomb.last_sum)
     # increase() over (S, T]: S just before round 1, T the last sample. VictoriaMetrics does
     # not extrapolate to the window's edges as Prometheus does; per series it takes the last
     # sample in the window minus the last one before it: round 0 for a raw series, and for an
@@ -181,8 +197,9 @@ async def check_bomb(vm: EmbeddedVictoriaMetrics, bomb: CounterBomb, *, replica_
     for s in exported.overflow:
         assert min(s["timestamps"]) < start_ms, s
     window_ms = last_ms - start_ms
-    increase = await instant(vm, f"sum(increase({metric}[{window_ms}ms]))", at=last_ms / 1000)
     sent_increase = bomb.increase_after_first_round
+    increase = await settled(vm, f"sum(increase({metric}[{window_ms}ms]))", sent_increase,
+                             at=last_ms / 1000)
     print(f"\n[{label}] {bomb.users:,} user_id counters, {bomb.rounds} rounds {bomb.period_s}s "
           f"apart, cap {CAP:,}/metric/replica on {len(replica_ids)} replica(s):\n"
           f"  VictoriaMetrics holds {count:.0f} series ({n_raw:,} raw + {n_over} overflow; "
