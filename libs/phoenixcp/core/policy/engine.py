@@ -137,9 +137,7 @@ def _spans_of(batch: MetricBatch) -> npt.NDArray[np.uint32]:
     return made
 
 
-# Plain ints for numpy comparisons (an IntEnum member costs Python calls in each one).
-_OBSERVE, _DROP, _MERGE, _WATCH = (int(c) for c in (Code.OBSERVE, Code.DROP, Code.MERGE,
-                                                     Code.WATCH))
+_MERGE = int(Code.MERGE)  # a plain int: an IntEnum member costs Python calls in numpy compares
 
 
 class PolicyEngine:
@@ -275,8 +273,8 @@ class PolicyEngine:
             return Outcome(batch, tally)
         passing, merging = passing[:n_pass], merging[:n_merge]
         if tenant.moved:
-            passing, merging = self._hand_over(tenant, batch, spans, ids, now_ms, passing,
-                                               merging, tally)
+            passing, merging = self._hand_over(tenant, batch, ids, now_ms, passing, merging,
+                                               tally)
         tally.dropped += dropped
         tenant.window.tally.dropped += dropped
         if len(merging):
@@ -311,7 +309,7 @@ class PolicyEngine:
                 tenant.moved[int(index.keys[slot])] = routes[route_id]
             index.route[slot] = -1
 
-    def _hand_over(self, tenant: _Tenant, batch: MetricBatch, spans: npt.NDArray[np.uint32],
+    def _hand_over(self, tenant: _Tenant, batch: MetricBatch,
                    ids: npt.NDArray[np.int32], now_ms: int, passing: npt.NDArray[np.int64],
                    merging: npt.NDArray[np.int64], tally: PointTally
                    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -321,9 +319,9 @@ class PolicyEngine:
         (which series of the batch pass, and which the mergers still take) updated."""
         keys = batch.series_keys
         moved = np.fromiter(tenant.moved, dtype=np.uint64, count=len(tenant.moved))
-        codes = tenant.table.codes(ids)
-        codes[(codes >= _MERGE) & (spans[:, 3] > 0)] = _OBSERVE  # as split_codes reads them
-        here = np.flatnonzero((codes == _MERGE) & np.isin(keys, moved))
+        # Merging series under MERGE (not WATCH); split_codes already let native histograms pass.
+        here = merging[tenant.table.codes(ids[merging]) == _MERGE]
+        here = here[np.isin(keys[here], moved)]
         if not len(here):
             return passing, merging
         passes = np.zeros(len(ids), dtype=bool)
