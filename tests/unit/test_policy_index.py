@@ -34,7 +34,9 @@ def feed(index: SeriesIndex, keys: list[int], points: list[int]) -> np.ndarray:
     new = np.flatnonzero(slots < 0)
     if len(new):
         slots[new] = index.add(arr[new])
-    index.count(slots, np.asarray(points, dtype=np.int64))
+    spans = np.zeros((len(keys), 4), dtype=np.uint32)
+    spans[:, 2] = points
+    index.count(slots, spans, np.empty(len(keys), dtype=np.int32))
     return slots
 
 

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from phoenixcp.core.aggregation import CumulativeMerger, GaugeMerger, MergeConfig
 from phoenixcp.core.batch import LabelSet, MetricBatch, MetricType
-from phoenixcp.core.policy.index import SeriesIndex, count_points, split_codes
+from phoenixcp.core.policy.index import SeriesIndex, split_codes
 from phoenixcp.core.policy.memo import SeriesMemo
 from phoenixcp.core.policy.merge_targets import _Resolved, _Target
 from phoenixcp.core.policy.model import MetricKind, PolicySpec, ProfileSpec
@@ -255,7 +255,7 @@ class PolicyEngine:
         ids = np.empty(len(slots), dtype=np.int32)
         # One C loop each (index.py): the window's points per series and the route ids, then
         # which series pass, merge or drop; numpy calls cost more than the work per batch.
-        unrouted = count_points(slots, spans, index.points, index.route, ids)
+        unrouted = index.count(slots, spans, ids)
         tenant.window.tally.add(tally)
         if tenant.plan.empty:
             return Outcome(batch, tally)

@@ -29,7 +29,7 @@ except ImportError:  # the extension is not built: same contract, slower
     split_codes = _keytable_py.split_codes
     KEY_TABLE = "python"
 
-__all__ = ["KEY_TABLE", "UNKNOWN", "SeriesIndex", "count_points", "split_codes"]
+__all__ = ["KEY_TABLE", "UNKNOWN", "SeriesIndex", "split_codes"]
 
 _U64 = np.uint64
 UNKNOWN = np.uint64(2**64 - 1)
@@ -111,9 +111,12 @@ class SeriesIndex:
         for name, column in self.columns.items():
             self.columns[name] = extend(column, UNKNOWN)  # type: ignore[assignment]
 
-    def count(self, slots: npt.NDArray[np.int64], points: npt.NDArray[np.int64]) -> None:
-        """Add a batch's points per series to the window."""
-        np.add.at(self.points, slots, points)
+    def count(self, slots: npt.NDArray[np.int64], spans: npt.NDArray[np.uint32],
+              ids: npt.NDArray[np.int32]) -> int:
+        """Add a batch's points per series (``spans[:, 2]``, a batch's ``series_spans``) to
+        the window and write each series' route id into ``ids``; returns how many are -1
+        (not routed yet). One C loop (``count_points``)."""
+        return count_points(slots, spans, self.points, self.route, ids)
 
     def clear_routes(self, ids: npt.NDArray[np.int32] | None = None) -> None:
         """Forget routes (all, or those with the given ids) so they are computed again."""
