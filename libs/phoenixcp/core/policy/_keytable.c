@@ -317,27 +317,49 @@ static PyTypeObject KeyTableType = {
 #define CODE_MERGE 3
 #define CODE_WATCH 4
 
+/* Five array arguments: each taken with get_buffer() (item size, writable, name for errors);
+ * on a failure the ones taken are released. release_args() releases all five. */
+#define NARGS 5
+typedef struct { Py_ssize_t itemsize; int writable; const char *what; } ArgSpec;
+
+static int take_args(PyObject *args, const ArgSpec *spec, Py_buffer *view) {
+    PyObject *obj[NARGS];
+    if (!PyArg_ParseTuple(args, "OOOOO", &obj[0], &obj[1], &obj[2], &obj[3], &obj[4]))
+        return -1;
+    for (int i = 0; i < NARGS; i++) {
+        if (get_buffer(obj[i], &view[i], spec[i].itemsize, spec[i].writable, spec[i].what) < 0) {
+            while (i-- > 0) PyBuffer_Release(&view[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release_args(Py_buffer *view) {
+    for (int i = 0; i < NARGS; i++) PyBuffer_Release(&view[i]);
+}
+
+static const ArgSpec COUNT_ARGS[NARGS] = {
+    {8, 0, "slots (int64)"}, {4, 0, "spans (uint32)"}, {8, 1, "points (int64)"},
+    {4, 0, "route (int32)"}, {4, 1, "ids (int32)"},
+};
+
 static PyObject *count_points(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *so, *sp, *po, *ro, *io;
-    if (!PyArg_ParseTuple(args, "OOOOO", &so, &sp, &po, &ro, &io)) return NULL;
-    Py_buffer slots = {0}, spans = {0}, points = {0}, route = {0}, ids = {0};
+    Py_buffer v[NARGS];
+    if (take_args(args, COUNT_ARGS, v) < 0) return NULL;
+    Py_buffer *slots = &v[0], *spans = &v[1], *points = &v[2], *route = &v[3], *ids = &v[4];
     PyObject *result = NULL;
-    if (get_buffer(so, &slots, 8, 0, "slots (int64)") < 0) goto done;
-    if (get_buffer(sp, &spans, 4, 0, "spans (uint32)") < 0) goto done;
-    if (get_buffer(po, &points, 8, 1, "points (int64)") < 0) goto done;
-    if (get_buffer(ro, &route, 4, 0, "route (int32)") < 0) goto done;
-    if (get_buffer(io, &ids, 4, 1, "ids (int32)") < 0) goto done;
-    Py_ssize_t n = slots.len / 8, held = points.len / 8;
-    if (spans.len != n * 16 || ids.len != n * 4 || route.len / 4 != held) {
+    Py_ssize_t n = slots->len / 8, held = points->len / 8;
+    if (spans->len != n * 16 || ids->len != n * 4 || route->len / 4 != held) {
         PyErr_SetString(PyExc_ValueError, "count_points: spans must have 4 uint32 and ids one "
                         "int32 per slot, and route one int32 per points entry");
         goto done;
     }
-    const int64_t *sl = slots.buf;
-    const uint32_t *span = spans.buf;
-    int64_t *pts = points.buf;
-    const int32_t *rt = route.buf;
-    int32_t *out = ids.buf;
+    const int64_t *sl = slots->buf;
+    const uint32_t *span = spans->buf;
+    int64_t *pts = points->buf;
+    const int32_t *rt = route->buf;
+    int32_t *out = ids->buf;
     Py_ssize_t unrouted = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t slot = sl[i];
@@ -352,34 +374,30 @@ static PyObject *count_points(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     result = PyLong_FromSsize_t(unrouted);
 done:
-    if (slots.obj) PyBuffer_Release(&slots);
-    if (spans.obj) PyBuffer_Release(&spans);
-    if (points.obj) PyBuffer_Release(&points);
-    if (route.obj) PyBuffer_Release(&route);
-    if (ids.obj) PyBuffer_Release(&ids);
+    release_args(v);
     return result;
 }
 
+static const ArgSpec SPLIT_ARGS[NARGS] = {
+    {4, 0, "ids (int32)"}, {4, 0, "spans (uint32)"}, {1, 0, "codes (int8)"},
+    {8, 1, "passing (int64)"}, {8, 1, "merging (int64)"},
+};
+
 static PyObject *split_codes(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *io, *sp, *co, *po, *mo;
-    if (!PyArg_ParseTuple(args, "OOOOO", &io, &sp, &co, &po, &mo)) return NULL;
-    Py_buffer ids = {0}, spans = {0}, codes = {0}, passing = {0}, merging = {0};
+    Py_buffer v[NARGS];
+    if (take_args(args, SPLIT_ARGS, v) < 0) return NULL;
+    Py_buffer *ids = &v[0], *spans = &v[1], *codes = &v[2], *passing = &v[3], *merging = &v[4];
     PyObject *result = NULL;
-    if (get_buffer(io, &ids, 4, 0, "ids (int32)") < 0) goto done;
-    if (get_buffer(sp, &spans, 4, 0, "spans (uint32)") < 0) goto done;
-    if (get_buffer(co, &codes, 1, 0, "codes (int8)") < 0) goto done;
-    if (get_buffer(po, &passing, 8, 1, "passing (int64)") < 0) goto done;
-    if (get_buffer(mo, &merging, 8, 1, "merging (int64)") < 0) goto done;
-    Py_ssize_t n = ids.len / 4, routes = codes.len;
-    if (spans.len != n * 16 || passing.len != n * 8 || merging.len != n * 8) {
+    Py_ssize_t n = ids->len / 4, routes = codes->len;
+    if (spans->len != n * 16 || passing->len != n * 8 || merging->len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "split_codes: spans must have 4 uint32, passing and "
                         "merging one int64 per id");
         goto done;
     }
-    const int32_t *id = ids.buf;
-    const uint32_t *span = spans.buf;
-    const int8_t *code = codes.buf;
-    int64_t *pass_out = passing.buf, *merge_out = merging.buf;
+    const int32_t *id = ids->buf;
+    const uint32_t *span = spans->buf;
+    const int8_t *code = codes->buf;
+    int64_t *pass_out = passing->buf, *merge_out = merging->buf;
     Py_ssize_t n_pass = 0, n_merge = 0, changed = 0;
     long long dropped = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -398,11 +416,7 @@ static PyObject *split_codes(PyObject *Py_UNUSED(module), PyObject *args) {
     }
     result = Py_BuildValue("nnLn", n_pass, n_merge, dropped, changed);
 done:
-    if (ids.obj) PyBuffer_Release(&ids);
-    if (spans.obj) PyBuffer_Release(&spans);
-    if (codes.obj) PyBuffer_Release(&codes);
-    if (passing.obj) PyBuffer_Release(&passing);
-    if (merging.obj) PyBuffer_Release(&merging);
+    release_args(v);
     return result;
 }
 
