@@ -73,12 +73,14 @@ static void run_batch(Syncer *self, Request *batch, size_t n) {
     if (err && !self->err)
         self->err = err;
     self->done_gen = batch[n - 1].gen;
-    pthread_mutex_unlock(&self->mu);
+    /* Signalled under the lock that completed() clears it under: once completed() has
+     * reported a generation, the eventfd is readable again only for a later one. */
     uint64_t one = 1;
     ssize_t w;
     do {
         w = write(self->efd, &one, sizeof one);
     } while (w < 0 && errno == EINTR);
+    pthread_mutex_unlock(&self->mu);
 }
 
 static void *thread_main(void *arg) {
@@ -192,14 +194,14 @@ static PyObject *Syncer_request(Syncer *self, PyObject *args) {
 }
 
 static PyObject *Syncer_completed(Syncer *self, PyObject *Py_UNUSED(ignored)) {
-    if (self->efd >= 0) {
+    pthread_mutex_lock(&self->mu);
+    if (self->efd >= 0) { /* nonblocking: an unsignalled eventfd answers EAGAIN */
         uint64_t v;
         ssize_t r;
         do {
             r = read(self->efd, &v, sizeof v);
         } while (r < 0 && errno == EINTR);
     }
-    pthread_mutex_lock(&self->mu);
     unsigned long long done = self->done_gen;
     int err = self->err;
     pthread_mutex_unlock(&self->mu);

@@ -66,12 +66,12 @@ class Syncer:
 
     def completed(self) -> tuple[int, int]:
         """(last generation done, errno of the first failed sync or 0)."""
-        if self._efd >= 0:
-            try:
-                os.eventfd_read(self._efd)
-            except BlockingIOError:
-                pass
-        with self._cv:
+        with self._cv:  # cleared under the lock it is signalled under (see _run)
+            if self._efd >= 0:
+                try:
+                    os.eventfd_read(self._efd)
+                except BlockingIOError:
+                    pass
             return self._done, self._err
 
     def fileno(self) -> int:
@@ -103,7 +103,7 @@ class Syncer:
                 if err and not self._err:
                     self._err = err
                 self._done = batch[-1].gen
-            os.eventfd_write(self._efd, 1)
+                os.eventfd_write(self._efd, 1)
 
 
 def _run_batch(batch: list[_Request]) -> int:
